@@ -1,0 +1,211 @@
+"""One typed config object that flows from the CLI to every step.
+
+Sources, later wins: the packaged ``default.yaml`` -> a user YAML (``--config``) -> ``--set a.b=value``
+overrides -> the few environment variables read in :func:`load_config` (the only place in the project
+that reads the environment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lora_pipeline.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
+
+# Offline and telemetry-free by default: nothing may be fetched from a model hub at run time, and no
+# tool should phone home. Set only when the user has not chosen otherwise.
+RUNTIME_ENV_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "true",  # MLflow ignores "1"
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # first ephemeral start can take 20 s+
+    "TOKENIZERS_PARALLELISM": "false",  # we already run domains in parallel threads
+}
+
+
+def apply_runtime_env() -> None:
+    """Call before importing Prefect/MLflow/transformers (the CLI and the tests do)."""
+    for key, value in RUNTIME_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos; fail loudly instead of silently ignoring them.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    name: str = Field("vader", description="Dataset name; registered models are named '<name>-<domain>'.")
+    path: str | None = Field(None, description="CSV, Parquet or JSONL file; null = the built-in VADER set.")
+    text_col: str = Field("text", description="Column holding the input text.")
+    label_col: str = Field("label", description="Column holding the class label.")
+    domain_col: str = Field("domain", description="Column naming the domain; one adapter per value.")
+    domain_map: dict[str, str] = Field(
+        default_factory=dict, description="Optional raw domain value -> domain name (unmapped values kept)."
+    )
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="Optional raw label value -> label name (unmapped values kept)."
+    )
+    domains: list[str] = Field(default_factory=list, description="Domains to build; empty = every domain.")
+
+
+class SplitConfig(_Section):
+    seed: int = Field(42, description="Seed of the stratified splits and of the per-split subsampling.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of each domain held out for validation.")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of each domain held out for test.")
+    max_train_rows: int = Field(0, ge=0, description="Stratified cap on train rows per domain; 0 = no cap.")
+    max_val_rows: int = Field(0, ge=0, description="Stratified cap on validation rows per domain; 0 = no cap.")
+    max_test_rows: int = Field(0, ge=0, description="Stratified cap on test rows per domain; 0 = no cap.")
+    min_rows_per_domain: int = Field(
+        30, ge=3, description="A domain with fewer usable rows is an input error (nothing is trained)."
+    )
+
+
+class BaseModelConfig(_Section):
+    name: str = Field("all-minilm-l6-v2", description="Key in lora_pipeline.base_models.BASE_MODELS.")
+    max_length: int = Field(128, ge=8, description="Tokenizer truncation length (tokens).")
+
+
+class LoraSettings(_Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"], description="Module names that get LoRA matrices."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=lambda: ["classifier"],
+        description="Modules trained in full and saved with the adapter (the classification head must be here).",
+    )
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0, description="Training epochs (the best epoch by validation macro-F1 is kept).")
+    max_steps: int = Field(-1, description="If > 0, stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(16, ge=1, description="Training batch size.")
+    learning_rate: float = Field(5e-4, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Linear warm-up share of the total steps.")
+    seed: int = Field(42, description="Seed for adapter init, dropout and data order.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads per process; 0 = torch's default.")
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(32, ge=1, description="Batch size for evaluation and the throughput figure.")
+    latency_samples: int = Field(20, ge=1, description="Texts timed one by one for latency p50/p95.")
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Label -> sentence embedded for the zero-shot base; a missing label uses the label itself.",
+    )
+
+
+class PromotionConfig(_Section):
+    min_gain_over_base: float = Field(
+        0.02, description="Macro-F1 the adapter must gain over the zero-shot base to become champion."
+    )
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; null = sqlite:///<project_dir>/mlflow.db (env MLFLOW_TRACKING_URI wins)."
+    )
+    artifact_dir: str = Field("mlartifacts", description="Artifact root for new experiments, relative to project_dir.")
+    experiment: str = Field("lora-pipeline", description="MLflow experiment name.")
+
+
+class RuntimeConfig(_Section):
+    project_dir: str = Field(".", description="Root for mlflow.db, mlartifacts/ and work_dir.")
+    work_dir: str = Field(".lora_pipeline", description="Prepared splits and adapters, relative to project_dir.")
+    parallel_domains: int = Field(2, ge=1, description="Domains trained at once (Prefect thread pool size).")
+
+
+class PipelineConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    base: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    # Derived locations, all under project_dir unless absolute.
+    @property
+    def project_dir(self) -> Path:
+        return Path(self.runtime.project_dir).expanduser().resolve()
+
+    @property
+    def work_dir(self) -> Path:
+        return self.project_dir / self.runtime.work_dir
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{self.project_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.project_dir / self.tracking.artifact_dir
+
+    def sha256(self, *sections: str) -> str:
+        """Stable hash of the given sections (all when none): feeds fingerprints and cache keys."""
+        dumped = self.model_dump(mode="json")
+        chosen = {k: dumped[k] for k in sections} if sections else dumped
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    # YAML parsing gives ints, floats, bools, lists ("[a,b]") and null for free.
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> PipelineConfig:
+    """Build the config: defaults, then ``path``, then ``section.key=value`` overrides, then env."""
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()) or {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        raw = _merge(raw, yaml.safe_load(path.read_text()) or {})
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{k}' is not a section")
+        node[keys[-1]] = value
+    env = os.environ if env is None else env
+    if env.get("MLFLOW_TRACKING_URI"):
+        raw.setdefault("tracking", {})["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"config key '{where}': {err['msg']}") from None

@@ -1,0 +1,215 @@
+"""Prepare data: load a user table, validate it, split it per domain, fingerprint it.
+
+Every input problem raises :class:`DataError` with one line naming the file and the column, row or
+domain at fault, before anything is trained or registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from lora_pipeline.config import DataConfig, SplitConfig
+from lora_pipeline.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DomainSplits:
+    """One domain's prepared splits on disk; plain paths and strings so Prefect can hash and cache it."""
+
+    domain: str
+    labels: list[str]
+    dir: str
+    fingerprint: str  # sha256 of this domain's split rows: changes only when its data changes
+    counts: dict[str, int]
+
+    def path(self, split: str) -> Path:
+        return Path(self.dir) / f"{split}.jsonl"
+
+    def read(self, split: str) -> pd.DataFrame:
+        return pd.read_json(self.path(split), lines=True, dtype={"text": str, "label": str})
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    dataset: str
+    source: str
+    fingerprint: str  # sha256 of the source file bytes + the data/split config
+    domains: dict[str, DomainSplits]
+    dropped_empty_texts: int
+    removed_leaks: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_table(path: str | Path) -> pd.DataFrame:
+    """Read CSV/TSV, Parquet or JSONL into strings; raise DataError with the file name on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                             encoding="utf-8")
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            df = pd.read_json(path, lines=suffix != ".json", dtype=False)
+        else:
+            raise DataError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv, .parquet or .jsonl)")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except DataError:
+        raise
+    except Exception as exc:  # parser errors from pandas/pyarrow: keep their first line, name the file
+        raise DataError(f"{path}: cannot be read: {str(exc).splitlines()[0]}") from None
+    if df.empty:
+        raise DataError(f"{path}: file has no rows")
+    return df
+
+
+def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.DataFrame, int]:
+    """Check columns and values; return (text/label/domain frame, number of empty-text rows dropped)."""
+    cols = {"text": cfg.text_col, "label": cfg.label_col, "domain": cfg.domain_col}
+    for role, col in cols.items():
+        if col not in df.columns:
+            raise DataError(
+                f"{source}: missing {role} column '{col}' (columns: {', '.join(map(str, df.columns))})"
+            )
+    out = pd.DataFrame({role: df[col] for role, col in cols.items()})
+    out.index = range(1, len(out) + 1)  # 1-based data row numbers for error messages
+    for role in ("label", "domain"):
+        missing = out[role].isna() | (out[role].astype(str).str.strip() == "")
+        if missing.any():
+            row = int(missing.idxmax())
+            raise DataError(f"{source}: row {row}: empty value in {role} column '{cols[role]}'")
+    out["label"] = out["label"].astype(str).str.strip().replace(cfg.label_map)
+    out["domain"] = out["domain"].astype(str).str.strip().replace(cfg.domain_map)
+    text = out["text"].where(out["text"].notna(), "").astype(str).str.strip()
+    empty = text == ""
+    if empty.all():
+        raise DataError(f"{source}: every value in text column '{cfg.text_col}' is empty")
+    out["text"] = text
+    return out[~empty], int(empty.sum())
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def _cap(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """Proportional per-label sample down to about ``max_rows`` (keeps every label represented)."""
+    if max_rows <= 0 or len(df) <= max_rows:
+        return df
+    frac = max_rows / len(df)
+    keep = [g.sample(n=max(1, round(len(g) * frac)), random_state=seed).index for _, g in df.groupby("label")]
+    return df.loc[[i for idx in keep for i in idx]]
+
+
+def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -> tuple[dict[str, pd.DataFrame], int]:
+    """Stratified train/val/test split; texts seen in an earlier split are removed from later ones."""
+    if len(df) < cfg.min_rows_per_domain:
+        raise DataError(
+            f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
+            f"{cfg.min_rows_per_domain}"
+        )
+    counts = df["label"].value_counts()
+    if len(counts) < 2:
+        raise DataError(f"{source}: domain '{domain}' has a single class '{counts.index[0]}'; need at least 2")
+    if counts.min() < 3:
+        raise DataError(
+            f"{source}: domain '{domain}': label '{counts.idxmin()}' has {counts.min()} rows; need at least 3 "
+            "to stratify (merge it with data.label_map or drop it)"
+        )
+    try:
+        rest, test = train_test_split(df, test_size=cfg.test_fraction, stratify=df["label"], random_state=cfg.seed)
+        val_share = cfg.val_fraction / (1 - cfg.test_fraction)
+        train, val = train_test_split(rest, test_size=val_share, stratify=rest["label"], random_state=cfg.seed)
+    except ValueError as exc:
+        raise DataError(f"{source}: domain '{domain}': cannot stratify: {exc}") from None
+    parts = {"train": train, "val": val, "test": test}
+    # Leakage: a (normalised) text may live in one split only; train keeps it, later splits drop it.
+    seen: set[str] = set()
+    removed = 0
+    for name in SPLITS:
+        keys = parts[name]["text"].map(_normalise)
+        leak = keys.isin(seen)
+        removed += int(leak.sum())
+        parts[name] = parts[name][~leak]
+        seen.update(keys[~leak])
+    caps = {"train": cfg.max_train_rows, "val": cfg.max_val_rows, "test": cfg.max_test_rows}
+    parts = {name: _cap(part, caps[name], cfg.seed).sort_index() for name, part in parts.items()}
+    for name, part in parts.items():
+        if part["label"].nunique() < 2:
+            raise DataError(f"{source}: domain '{domain}': the {name} split has a single class; add rows")
+    return parts, removed
+
+
+def _fingerprint_rows(parts: dict[str, pd.DataFrame]) -> str:
+    payload = {name: part[["text", "label"]].values.tolist() for name, part in parts.items()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def prepare_data(
+    path: str | Path, data_cfg: DataConfig, split_cfg: SplitConfig, out_dir: str | Path
+) -> PreparedData:
+    """Load, validate and split ``path``; write each domain's splits as JSONL under ``out_dir``."""
+    path = Path(path)
+    source = str(path)
+    table, dropped = validate_table(load_table(path), data_cfg, source)
+    available = sorted(table["domain"].unique())
+    unknown = [d for d in data_cfg.domains if d not in available]
+    if unknown:
+        raise DataError(f"{source}: unknown domain(s) {', '.join(unknown)} (available: {', '.join(available)})")
+    chosen = data_cfg.domains or available
+
+    config_hash = hashlib.sha256(
+        json.dumps([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")], sort_keys=True).encode()
+    ).hexdigest()
+    fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
+
+    split_parts, leaks = {}, 0
+    for domain in chosen:  # validate every domain before writing anything
+        split_parts[domain], removed = split_domain(table[table["domain"] == domain], domain, split_cfg, source)
+        leaks += removed
+
+    domains = {}
+    for domain, parts in split_parts.items():
+        domain_dir = Path(out_dir) / fingerprint[:16] / domain
+        domain_dir.mkdir(parents=True, exist_ok=True)
+        for name, part in parts.items():
+            part[["text", "label"]].to_json(domain_dir / f"{name}.jsonl", orient="records", lines=True,
+                                            force_ascii=False)
+        domains[domain] = DomainSplits(
+            domain=domain,
+            labels=sorted(parts["train"]["label"].unique().tolist()),
+            dir=str(domain_dir),
+            fingerprint=_fingerprint_rows(parts),
+            counts={name: len(part) for name, part in parts.items()},
+        )
+    return PreparedData(
+        dataset=data_cfg.name, source=source, fingerprint=fingerprint, domains=domains,
+        dropped_empty_texts=dropped, removed_leaks=leaks,
+    )

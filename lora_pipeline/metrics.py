@@ -1,0 +1,51 @@
+"""Classification metrics (all from scikit-learn) and the confusion-matrix picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
+
+# Scalar metrics logged to MLflow as <model>_<name>; precision and recall are macro averages.
+SCALAR_METRICS = ("accuracy", "precision", "recall", "macro_f1", "micro_f1")
+
+
+def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence) -> dict:
+    """Scalar metrics + per-class report + confusion matrix (rows = true, columns = predicted)."""
+    labels = list(labels)
+    kw = {"labels": labels, "zero_division": 0}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(precision_score(y_true, y_pred, average="macro", **kw)),
+        "recall": float(recall_score(y_true, y_pred, average="macro", **kw)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", **kw)),
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", **kw)),
+        "per_class": classification_report(y_true, y_pred, output_dict=True, **kw),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "labels": [str(label) for label in labels],
+    }
+
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], title: str, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers or CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=labels).plot(ax=ax, colorbar=False)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,7 @@
+"""MLflow "models from code" entry: logged as the model's code, so loading a version unpickles nothing."""
+
+import mlflow
+
+from lora_pipeline.mlflow_model import AdapterClassifier
+
+mlflow.models.set_model(AdapterClassifier())

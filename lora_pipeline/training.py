@@ -1,0 +1,149 @@
+"""Train one domain's LoRA adapter with the HF Trainer: setup -> train -> save.
+
+The best checkpoint by validation macro-F1 is kept (``load_best_model_at_end``); only the adapter,
+its head and the label map are saved.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+from lora_pipeline.adapters import AdapterMeta, adapter_size_bytes, build_lora_model, count_parameters, save_adapter
+from lora_pipeline.base_models import load_tokenizer
+from lora_pipeline.config import PipelineConfig
+from lora_pipeline.data import DomainSplits
+from lora_pipeline.metrics import classification_metrics
+
+# Domains train in parallel threads; the global RNG is seeded and consumed for adapter init under this
+# lock so that the initial weights are the same whatever the thread interleaving.
+_INIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    domain: str
+    adapter_dir: str
+    labels: list[str]
+    train_seconds: float
+    steps: int
+    trainable_params: int
+    total_params: int
+    adapter_size_bytes: int
+    best_val_macro_f1: float
+
+
+class _EncodedTexts(torch.utils.data.Dataset):
+    def __init__(self, tokenizer, texts: list[str], labels: list[int], max_length: int):
+        self.encodings = tokenizer(texts, truncation=True, max_length=max_length)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        item["labels"] = self.labels[i]
+        return item
+
+
+def _encode(splits: DomainSplits, split: str, tokenizer, max_length: int) -> _EncodedTexts:
+    df = splits.read(split)
+    label_ids = {label: i for i, label in enumerate(splits.labels)}
+    return _EncodedTexts(tokenizer, df["text"].tolist(), [label_ids[l] for l in df["label"]], max_length)
+
+
+def _schedule(n_train: int, cfg: PipelineConfig) -> tuple[int, int]:
+    """(total optimizer steps, evaluate/save every N steps): once per epoch, or once at the end."""
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.train.batch_size))
+    total = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(cfg.train.epochs * steps_per_epoch)
+    return total, min(steps_per_epoch, total)
+
+
+def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | Path) -> TrainedAdapter:
+    output_dir = Path(output_dir)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+
+    # --- setup
+    tokenizer = load_tokenizer(cfg.base.name)
+    train_ds = _encode(splits, "train", tokenizer, cfg.base.max_length)
+    val_ds = _encode(splits, "val", tokenizer, cfg.base.max_length)
+    with _INIT_LOCK:
+        set_seed(cfg.train.seed)
+        model = build_lora_model(cfg.base.name, splits.labels, cfg.lora)
+    trainable, total = count_parameters(model)
+    total_steps, eval_every = _schedule(len(train_ds), cfg)
+    checkpoints = output_dir / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        max_steps=total_steps,
+        per_device_train_batch_size=cfg.train.batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        learning_rate=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_ratio,  # a float < 1 is a share of the total steps
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_steps=max(1, eval_every // 4),
+        seed=cfg.train.seed,
+        data_seed=cfg.train.seed,
+        use_cpu=True,
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+
+    def compute_metrics(pred) -> dict[str, float]:
+        y_pred = np.asarray(pred.predictions).argmax(axis=-1)
+        m = classification_metrics(pred.label_ids, y_pred, list(range(len(splits.labels))))
+        return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=DataCollatorWithPadding(tokenizer),  # dynamic padding: short texts stay short
+        compute_metrics=compute_metrics,
+    )
+
+    # --- train
+    started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - started
+    best = trainer.state.best_metric
+
+    # --- save (adapter + head + label map; never the base)
+    adapter_dir = output_dir / "adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=cfg.base.name,
+                       max_length=cfg.base.max_length)
+    save_adapter(trainer.model, meta, adapter_dir)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return TrainedAdapter(
+        domain=splits.domain,
+        adapter_dir=str(adapter_dir),
+        labels=splits.labels,
+        train_seconds=round(train_seconds, 3),
+        steps=trainer.state.global_step,
+        trainable_params=trainable,
+        total_params=total,
+        adapter_size_bytes=adapter_size_bytes(adapter_dir),
+        best_val_macro_f1=float(best) if best is not None else float("nan"),
+    )

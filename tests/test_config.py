@@ -1,0 +1,69 @@
+import pytest
+
+from lora_pipeline.config import load_config
+from lora_pipeline.errors import ConfigError
+
+
+def test_defaults_record_demo_sizes():
+    cfg = load_config(env={})
+    assert cfg.data.name == "vader"
+    assert cfg.base.name == "all-minilm-l6-v2"
+    assert cfg.split.max_train_rows > 0 and cfg.train.epochs > 0 and cfg.base.max_length > 0
+    assert "classifier" in cfg.lora.modules_to_save  # else the head reloads random
+
+
+@pytest.mark.parametrize(
+    "override, path, expected",
+    [
+        ("train.epochs=1", ("train", "epochs"), 1),
+        ("lora.target_modules=[query,key,value]", ("lora", "target_modules"), ["query", "key", "value"]),
+        ("data.domains=[amazon]", ("data", "domains"), ["amazon"]),
+        ("promotion.min_gain_over_base=0.1", ("promotion", "min_gain_over_base"), 0.1),
+    ],
+)
+def test_any_key_overridable(override, path, expected):
+    cfg = load_config(overrides=[override], env={})
+    assert getattr(getattr(cfg, path[0]), path[1]) == expected
+
+
+def test_yaml_file_then_override_then_env(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 5\n  batch_size: 4\n")
+    cfg = load_config(f, ["train.epochs=2"], env={"MLFLOW_TRACKING_URI": "sqlite:///x.db"})
+    assert (cfg.train.epochs, cfg.train.batch_size) == (2, 4)
+    assert cfg.tracking_uri == "sqlite:///x.db"
+
+
+def test_default_tracking_uri_is_project_sqlite(tmp_path):
+    cfg = load_config(overrides=[f"runtime.project_dir={tmp_path}"], env={})
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochz=1", "train.epochz"),
+        ("train.epochs=-1", "train.epochs"),
+        ("noequals", "section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(overrides=[override], env={})
+
+
+def test_config_hash_changes_with_values():
+    a, b = load_config(env={}), load_config(overrides=["lora.r=4"], env={})
+    assert a.sha256() == load_config(env={}).sha256()
+    assert a.sha256() != b.sha256()
+    assert a.sha256("data") == b.sha256("data")
+
+
+def test_tracking_setup_does_not_redirect_the_next_config(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a later config in the same process must not see it."""
+    from lora_pipeline.registry import setup_tracking
+
+    first = load_config(overrides=[f"runtime.project_dir={tmp_path / 'a'}"])
+    setup_tracking(first)
+    second = load_config(overrides=[f"runtime.project_dir={tmp_path / 'b'}"])
+    assert second.tracking_uri == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"

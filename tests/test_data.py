@@ -1,0 +1,140 @@
+"""Loading, validation errors, stratified splits, leakage removal and fingerprints."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from lora_pipeline.config import load_config
+from lora_pipeline.data import load_table, prepare_data
+from lora_pipeline.errors import DataError
+
+
+def _table(n_per_label=20, domains=("a", "b"), labels=("neg", "pos")) -> pd.DataFrame:
+    rows = [
+        {"text": f"{d} {lab} example number {i}", "label": lab, "domain": d}
+        for d in domains for lab in labels for i in range(n_per_label)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _prepare(tmp_path, df, *overrides, name="data.csv"):
+    path = tmp_path / name
+    df.to_csv(path, index=False)
+    cfg = load_config(overrides=list(overrides), env={})
+    return prepare_data(path, cfg.data, cfg.split, tmp_path / "out")
+
+
+def _write(tmp_path, name, content: bytes):
+    p = tmp_path / name
+    p.write_bytes(content)
+    return p
+
+
+@pytest.mark.parametrize(
+    "make_input, overrides, message",
+    [
+        (lambda t: _write(t, "e.csv", b""), [], r"e\.csv: file is empty"),
+        (lambda t: _write(t, "h.csv", b"text,label,domain\n"), [], r"h\.csv: file has no rows"),
+        (lambda t: _write(t, "latin.csv", "text,label,domain\ncaf\xe9,pos,a\n".encode("latin-1")), [],
+         r"latin\.csv: not valid UTF-8"),
+        (lambda t: _write(t, "x.txt", b"a"), [], r"unsupported file type '\.txt'"),
+        (lambda t: _write(t, "nolabel.csv", b"text,domain\nhi,a\n"), [],
+         r"nolabel\.csv: missing label column 'label' \(columns: text, domain\)"),
+        (lambda t: _write(t, "emptytext.csv", b"text,label,domain\n,pos,a\n ,neg,a\n"), [],
+         r"every value in text column 'text' is empty"),
+        (lambda t: _write(t, "nolab.csv", b"text,label,domain\nhi,pos,a\nho,,a\n"), [],
+         r"row 2: empty value in label column 'label'"),
+    ],
+)
+def test_bad_files_give_one_line_naming_the_problem(tmp_path, make_input, overrides, message):
+    path = make_input(tmp_path)
+    cfg = load_config(overrides=overrides, env={})
+    with pytest.raises(DataError, match=message) as err:
+        prepare_data(path, cfg.data, cfg.split, tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "df, overrides, message",
+    [
+        (_table(n_per_label=5), [], r"domain 'a' has 10 rows, fewer than split\.min_rows_per_domain=30"),
+        (_table(labels=("pos",), n_per_label=40), [], r"domain 'a' has a single class 'pos'"),
+        (_table(), ["data.domains=[a,zzz]"], r"unknown domain\(s\) zzz \(available: a, b\)"),
+        (pd.concat([_table(), pd.DataFrame([{"text": "rare", "label": "odd", "domain": "a"}])]), [],
+         r"domain 'a': label 'odd' has 1 rows"),
+    ],
+)
+def test_bad_domains_stop_before_anything_is_written(tmp_path, df, overrides, message):
+    with pytest.raises(DataError, match=message):
+        _prepare(tmp_path, df, *overrides)
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_parquet_jsonl_load_identically(tmp_path):
+    df = _table()
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.to_parquet(tmp_path / "d.parquet")
+    df.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    loaded = [load_table(tmp_path / f"d.{ext}").astype(str) for ext in ("csv", "parquet", "jsonl")]
+    for other in loaded[1:]:
+        pd.testing.assert_frame_equal(loaded[0], other)
+
+
+def test_split_is_stratified_and_maps_apply(tmp_path):
+    # 60 neg / 30 pos / 30 neutral in domain "A" (mapped to "a"), raw labels "n"/"p"/"z" mapped to names
+    rows = [{"text": f"t{i}", "label": lab, "domain": "A"}
+            for i, lab in enumerate(["n"] * 60 + ["p"] * 30 + ["z"] * 30)]
+    prepared = _prepare(tmp_path, pd.DataFrame(rows), "data.label_map={n: neg, p: pos, z: neu}",
+                        "data.domain_map={A: a}", "split.test_fraction=0.25", "split.val_fraction=0.25")
+    splits = prepared.domains["a"]
+    assert splits.labels == ["neg", "neu", "pos"]
+    for name in ("train", "val", "test"):
+        share = splits.read(name)["label"].value_counts(normalize=True)
+        assert share["neg"] == pytest.approx(0.5, abs=0.05)
+        assert share["pos"] == pytest.approx(0.25, abs=0.05)
+    assert sum(splits.counts.values()) == 120
+
+
+def test_leaked_texts_are_removed_from_later_splits(tmp_path):
+    df = _table(n_per_label=40)
+    # The same text (modulo case/whitespace) 10 times per label: it must end up in one split only.
+    dupes = pd.DataFrame([{"text": f"  Same  TEXT {lab} ", "label": lab, "domain": "a"}
+                          for lab in ("neg", "pos") for _ in range(10)])
+    prepared = _prepare(tmp_path, pd.concat([df, dupes], ignore_index=True))
+    seen = {}
+    for name in ("train", "val", "test"):
+        for text in prepared.domains["a"].read(name)["text"]:
+            key = " ".join(text.split()).casefold()
+            assert seen.setdefault(key, name) == name, f"'{text}' is in {seen[key]} and {name}"
+    assert prepared.removed_leaks > 0
+
+
+def test_caps_keep_every_label_and_empty_texts_are_dropped(tmp_path):
+    df = _table(n_per_label=100)
+    df.loc[0, "text"] = "   "
+    prepared = _prepare(tmp_path, df, "split.max_train_rows=20", "split.max_test_rows=10")
+    a = prepared.domains["a"]
+    assert prepared.dropped_empty_texts == 1
+    assert a.counts["train"] == 20 and a.counts["test"] == 10
+    assert set(a.read("train")["label"]) == {"neg", "pos"}
+
+
+def test_fingerprints_track_data_and_config(tmp_path):
+    df = _table()
+    first = _prepare(tmp_path, df)
+    again = _prepare(tmp_path, df)
+    assert first.fingerprint == again.fingerprint
+    assert first.domains["a"].fingerprint == again.domains["a"].fingerprint
+
+    changed = df.copy()
+    changed.loc[changed["domain"] == "b", "text"] += " (edited)"
+    edited = _prepare(tmp_path, changed)
+    assert edited.fingerprint != first.fingerprint
+    assert edited.domains["a"].fingerprint == first.domains["a"].fingerprint  # only b changed
+    assert edited.domains["b"].fingerprint != first.domains["b"].fingerprint
+
+    reseeded = _prepare(tmp_path, df, "split.seed=7")
+    assert reseeded.fingerprint != first.fingerprint
+    json.loads(first.to_json())

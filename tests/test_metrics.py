@@ -1,0 +1,30 @@
+import json
+
+import pytest
+
+from lora_pipeline.metrics import classification_metrics, plot_confusion_matrix
+
+
+def test_metrics_against_hand_computed_confusion_matrix(tmp_path):
+    # true:  a a a a b b b c c c
+    # pred:  a a b c b b a c c a
+    y_true = list("aaaabbbccc")
+    y_pred = list("aabcbbacca")
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["confusion_matrix"] == [[2, 1, 1], [1, 2, 0], [1, 0, 2]]
+    # per class: a P=2/4 R=2/4 F=.5 ; b P=2/3 R=2/3 F=2/3 ; c P=2/3 R=2/3 F=2/3
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["precision"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    assert m["recall"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    assert m["micro_f1"] == pytest.approx(0.6)
+    assert m["per_class"]["a"]["f1-score"] == pytest.approx(0.5)
+    json.dumps(m)  # logged as JSON: must serialise
+    png = plot_confusion_matrix(m["confusion_matrix"], m["labels"], "t", tmp_path / "cm.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_label_absent_from_predictions_scores_zero_not_error():
+    m = classification_metrics(["a", "b"], ["a", "a"], ["a", "b"])
+    assert m["per_class"]["b"]["f1-score"] == 0.0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)

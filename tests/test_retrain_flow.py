@@ -1,0 +1,140 @@
+"""The retraining flow end to end on a small slice of the built-in data, through the real CLI.
+
+Real Prefect (test harness), real MLflow (SQLite in tmp_path), real all-MiniLM-L6-v2, a few steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from lora_pipeline.cli import main
+from lora_pipeline.metrics import SCALAR_METRICS
+from lora_pipeline.promotion import decide_promotion
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.integration
+
+DOMAINS = ("amazon", "tweets")
+MAX_MODEL_BYTES = 5 * 1024 * 1024
+
+
+def _run_cli(project: Path, vader_csv: Path, *extra: str) -> int:
+    args = ["run", "--data", str(vader_csv)]
+    for item in tiny_overrides(project):
+        args += ["--set", item]
+    return main(args + list(extra))
+
+
+def _versions(client: MlflowClient, name: str) -> list[str]:
+    return sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'"))
+
+
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+
+
+def _expected_alias(client, name, version, margin, champion=None):
+    metrics = client.get_run(client.get_model_version(name, version).run_id).data.metrics
+    return decide_promotion(metrics["adapter_macro_f1"], metrics["base_macro_f1"], margin,
+                            champion_f1=champion).alias
+
+
+def test_run_registers_one_adapter_per_domain_then_rebuilds_one(tmp_path, vader_csv, prefect_harness):
+    assert _run_cli(tmp_path, vader_csv, "--domains", ",".join(DOMAINS)) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    for domain in DOMAINS:
+        name = f"vader-{domain}"
+        assert _versions(client, name) == ["1"]
+        version = client.get_model_version(name, "1")
+        run = client.get_run(version.run_id)
+
+        # metrics: every scalar for every model, plus efficiency figures, all finite numbers
+        expected_keys = {f"{m}_{s}" for m in ("adapter", "base", "tfidf") for s in SCALAR_METRICS}
+        expected_keys |= {"adapter_size_bytes", "train_seconds", "latency_p50_ms", "latency_p95_ms",
+                          "throughput_per_s", "trainable_params", "trainable_share"}
+        assert expected_keys <= set(run.data.metrics)
+        assert 0 <= run.data.metrics["adapter_macro_f1"] <= 1
+        assert 0 < run.data.metrics["trainable_share"] < 0.05  # an adapter, not a full fine-tune
+        assert run.data.metrics["train_steps"] == 6
+
+        # provenance on the version; the run is nested under the flow's parent run
+        for tag in ("data_fingerprint", "domain_fingerprint", "base_model", "config_sha256", "code_version", "seed"):
+            assert version.tags[tag], tag
+        assert version.tags["base_model"] == "all-minilm-l6-v2"
+        assert run.data.tags["mlflow.parentRunId"]
+
+        # alias set by the rule, the decision and its numbers stored on the version
+        alias = _expected_alias(client, name, "1", margin=0.02)
+        assert _aliases(client, name) == {alias: "1"}
+        assert version.tags["promotion_decision"] == alias
+        assert version.tags["adapter_macro_f1"] in version.tags["promotion_reason"]
+
+        # the logged model holds the adapter only (no base weights) and is small
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / domain)))
+        files = [p for p in local.rglob("*") if p.is_file()]
+        assert sum(p.stat().st_size for p in files) < MAX_MODEL_BYTES
+        assert any(p.name == "adapter_model.safetensors" for p in files)
+        assert not any(p.name == "model.safetensors" for p in files)
+
+        # reloaded from the registry, it predicts exactly what the offline evaluation predicted
+        offline = pd.read_json(client.download_artifacts(run.info.run_id, "evaluation/predictions.jsonl",
+                                                         str(tmp_path)), lines=True, dtype=False)
+        served = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(pd.DataFrame({"text": offline["text"]}))
+        assert served["label"].tolist() == offline["adapter_pred"].tolist()
+        assert served.filter(like="p_").sum(axis=1).round(4).eq(1).all()
+
+    # Rebuild a single domain with another seed: a new version for it alone, alias by the same rule
+    amazon_champion = _aliases(client, "vader-amazon").get("champion")
+    champion_f1 = (client.get_run(client.get_model_version("vader-amazon", "1").run_id)
+                   .data.metrics["adapter_macro_f1"] if amazon_champion else None)
+    assert _run_cli(tmp_path, vader_csv, "--domains", "amazon", "--set", "train.seed=7") == 0
+    assert _versions(client, "vader-amazon") == ["1", "2"]
+    assert _versions(client, "vader-tweets") == ["1"]
+    alias = _expected_alias(client, "vader-amazon", "2", margin=0.02, champion=champion_f1)
+    assert _aliases(client, "vader-amazon").get(alias) == "2"
+    if alias == "challenger" and amazon_champion:
+        assert _aliases(client, "vader-amazon")["champion"] == "1"
+
+
+def test_a_failing_domain_does_not_lose_the_others(tmp_path, vader_csv, prefect_harness, capsys):
+    # A real failure, no mocks: tweets' adapter directory cannot be created (a file is in the way).
+    blocker = tmp_path / ".lora_pipeline" / "adapters" / "tweets"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory")
+
+    assert _run_cli(tmp_path, vader_csv, "--domains", ",".join(DOMAINS)) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: domain 'tweets' train failed:")
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert _versions(client, "vader-amazon") == ["1"]
+    assert _versions(client, "vader-tweets") == []
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("lora-pipeline").experiment_id])
+              if "mlflow.parentRunId" not in r.data.tags]
+    assert parent[0].info.status == "FAILED" and parent[0].data.tags["failed_domains"] == "tweets"
+
+
+@pytest.mark.parametrize(
+    "content, extra, message",
+    [
+        ("text,label,domain\nhello,positive,a\n", ["--domains", "zzz"], "unknown domain(s) zzz"),
+        ("body,label,domain\nhello,positive,a\n", [], "missing text column 'text'"),
+    ],
+)
+def test_bad_input_stops_before_training_and_registers_nothing(
+    tmp_path, prefect_harness, capsys, content, extra, message
+):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    assert _run_cli(tmp_path, bad, *extra) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bad}:") and message in last
+    assert not (tmp_path / "mlflow.db").exists()  # prepare failed before tracking started
+    assert not (tmp_path / ".lora_pipeline" / "adapters").exists()
