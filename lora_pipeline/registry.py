@@ -7,6 +7,7 @@ thread and domains are processed in worker threads.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +42,14 @@ class RegisteredAdapter:
     reason: str
 
 
-def code_version(project_dir: Path) -> str:
-    """Package version + git commit (+ '-dirty' when the work tree has uncommitted changes)."""
+@functools.cache
+def code_version() -> str:
+    """Package version + git commit of this code (+ '-dirty' for uncommitted changes); '+unknown' outside git."""
+    code_dir = Path(__file__).resolve().parent  # the code's checkout, not the user's project dir
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code_dir, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_dir,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=code_dir,
                                capture_output=True, text=True, check=True).stdout.strip()
         return f"{__version__}+{commit[:12]}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.CalledProcessError):
@@ -87,7 +90,7 @@ def start_parent_run(cfg: PipelineConfig, prepared: PreparedData, run_name: str 
         experiment_id,
         run_name=run_name,
         tags={"dataset": prepared.dataset, "data_fingerprint": prepared.fingerprint,
-              "code_version": code_version(cfg.project_dir), "base_model": cfg.base.name},
+              "code_version": code_version(), "base_model": cfg.base.name},
     )
     client = MlflowClient()
     client.log_param(run.info.run_id, "domains", ",".join(prepared.domains))
@@ -152,7 +155,7 @@ def log_and_register(
         "data_fingerprint": prepared.fingerprint,
         "domain_fingerprint": splits.fingerprint,
         "config_sha256": cfg.sha256(),
-        "code_version": code_version(cfg.project_dir),
+        "code_version": code_version(),
         "seed": str(cfg.train.seed),
         "labels": ",".join(splits.labels),
     }
