@@ -86,13 +86,13 @@ def setup_tracking(cfg: PipelineConfig) -> str:
 
 def start_parent_run(cfg: PipelineConfig, prepared: PreparedData, run_name: str | None = None) -> str:
     experiment_id = setup_tracking(cfg)
-    run = MlflowClient().create_run(
+    client = MlflowClient()
+    run = client.create_run(
         experiment_id,
         run_name=run_name,
         tags={"dataset": prepared.dataset, "data_fingerprint": prepared.fingerprint,
               "code_version": code_version(), "base_model": cfg.base.name},
     )
-    client = MlflowClient()
     client.log_param(run.info.run_id, "domains", ",".join(prepared.domains))
     client.log_param(run.info.run_id, "config_sha256", cfg.sha256())
     client.log_text(run.info.run_id, cfg.model_dump_json(indent=2), "config.json")
