@@ -40,6 +40,11 @@ def apply_runtime_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def sha256_json(obj: Any) -> str:
+    """sha256 of ``obj`` as sorted-key JSON: the one hash behind config hashes and data fingerprints."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 class _Section(BaseModel):
     # Unknown keys are typos; fail loudly instead of silently ignoring them.
     model_config = ConfigDict(extra="forbid")
@@ -162,7 +167,7 @@ class PipelineConfig(_Section):
         """Stable hash of the given sections (all when none): feeds fingerprints and cache keys."""
         dumped = self.model_dump(mode="json")
         chosen = {k: dumped[k] for k in sections} if sections else dumped
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
+        return sha256_json(chosen)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

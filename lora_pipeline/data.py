@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from lora_pipeline.config import DataConfig, SplitConfig
+from lora_pipeline.config import DataConfig, SplitConfig, sha256_json
 from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -169,7 +169,7 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -
 
 def _fingerprint_rows(parts: dict[str, pd.DataFrame]) -> str:
     payload = {name: part[["text", "label"]].values.tolist() for name, part in parts.items()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 def prepare_data(
@@ -185,9 +185,7 @@ def prepare_data(
         raise DataError(f"{source}: unknown domain(s) {', '.join(unknown)} (available: {', '.join(available)})")
     chosen = data_cfg.domains or available
 
-    config_hash = hashlib.sha256(
-        json.dumps([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")], sort_keys=True).encode()
-    ).hexdigest()
+    config_hash = sha256_json([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")])
     fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
 
     split_parts, leaks = {}, 0
