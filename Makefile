@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Project-local Prefect database, so runs of this project show up in `prefect server start` later.
+# Project-local Prefect home (as runtime.prefect_home in the config) for the `prefect` CLI calls below.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+WORK_POOL ?= lora-local
 
-.PHONY: install data demo test clean
+.PHONY: install data demo test ui stop deploy deploy-pool worker clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -25,5 +26,28 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=8
 
+# Prefect UI (:4200) and MLflow UI (:5000) on 127.0.0.1 over this project's stores, in the background.
+ui: install
+	$(BIN)/lora-pipeline ui
+
+stop: install
+	$(BIN)/lora-pipeline stop
+
+# Serve the 'nightly' (cron from the config) and 'rebuild' deployments from this process (Ctrl-C stops).
+deploy: install data
+	$(BIN)/lora-pipeline deploy
+
+# The same two deployments on a `process` work pool (needs `make ui`); `make worker` runs them.
+deploy-pool: install data
+	$(BIN)/prefect --no-prompt work-pool create $(WORK_POOL) --type process --overwrite
+	LORA_WORK_POOL=$(WORK_POOL) \
+	LORA_NIGHTLY_CRON="$$($(BIN)/lora-pipeline config --get schedule.cron)" \
+	LORA_NIGHTLY_TIMEZONE="$$($(BIN)/lora-pipeline config --get schedule.timezone)" \
+	$(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+worker: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/prefect worker start --pool $(WORK_POOL)
+
 clean:
+	-$(BIN)/lora-pipeline stop
 	rm -rf .lora_pipeline mlartifacts mlflow.db .prefect

@@ -2,6 +2,7 @@
 
 Composition only; the work lives in tasks/ (thin) and lora_pipeline/ (plain Python).
 A failing domain does not stop the others: they are registered, then the flow fails naming the domain.
+Unchanged domains are cache hits (no training, no new registry version); see tasks/pipeline.py.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from lora_pipeline.config import PipelineConfig, load_config
 from lora_pipeline.errors import DomainFailure
 from lora_pipeline.report import format_results_table, summary_rows
 from tasks.pipeline import (
+    configure,
     evaluate_adapter_task,
     finish_tracking_task,
     prepare_data_task,
@@ -34,21 +36,41 @@ def _first_failure(stages: list[tuple[str, PrefectFuture]]) -> str | None:
     return None
 
 
+def task_runner_for(cfg: PipelineConfig) -> TaskRunner:
+    """Threads here, or an existing Dask cluster whose worker processes train the domains."""
+    if cfg.runtime.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner  # only needed for scale-out
+
+        return DaskTaskRunner(address=cfg.runtime.dask_address)
+    return ThreadPoolTaskRunner(max_workers=cfg.runtime.parallel_domains)
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(config: PipelineConfig | None = None, domains: list[str] | None = None) -> list[dict]:
+    """Retrain, evaluate and register one adapter per domain (``domains``: a subset, e.g. a rebuild)."""
     cfg = config or load_config()
-    if domains:  # e.g. a single-domain rebuild
+    if domains:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"domains": list(domains)})})
+    # Prefect fixes the task runner per flow, and a deployment loads this flow from its entrypoint, so
+    # the runner the config asks for is applied here, to the subflow that does the work.
+    return build_adapters.with_options(task_runner=task_runner_for(cfg))(cfg)
 
-    prepared = prepare_data_task(cfg)  # every input error stops here, before training or registering
-    parent_run_id = start_tracking_task(cfg, prepared)
+
+@flow(name="build-adapters", log_prints=True)
+def build_adapters(cfg: PipelineConfig) -> list[dict]:
+    prepare_data, start_tracking, train_adapter, evaluate_adapter, register_adapter, finish_tracking = (
+        configure(t, cfg) for t in (prepare_data_task, start_tracking_task, train_adapter_task,
+                                    evaluate_adapter_task, register_adapter_task, finish_tracking_task))
+
+    prepared = prepare_data(cfg)  # every input error stops here, before training or registering
+    parent_run_id = start_tracking(cfg, prepared)
 
     # Submitted stage by stage so the pool's workers start every domain's training before any
     # evaluation task blocks a worker waiting on its upstream.
-    trained = {d: train_adapter_task.submit(cfg, s) for d, s in prepared.domains.items()}
-    evaluated = {d: evaluate_adapter_task.submit(cfg, s, trained[d]) for d, s in prepared.domains.items()}
+    trained = {d: train_adapter.submit(cfg, s) for d, s in prepared.domains.items()}
+    evaluated = {d: evaluate_adapter.submit(cfg, s, trained[d]) for d, s in prepared.domains.items()}
     registered = {
-        d: register_adapter_task.submit(cfg, parent_run_id, prepared, s, trained[d], evaluated[d])
+        d: register_adapter.submit(cfg, parent_run_id, prepared, s, trained[d], evaluated[d])
         for d, s in prepared.domains.items()
     }
 
@@ -59,7 +81,7 @@ def retrain(config: PipelineConfig | None = None, domains: list[str] | None = No
             failures[d] = error
         else:
             results[d] = (trained[d].result(), evaluated[d].result(), registered[d].result())
-    finish_tracking_task(parent_run_id, sorted(failures))
+    finish_tracking(parent_run_id, sorted(failures))
 
     rows = summary_rows(results, failures)
     create_table_artifact(key="retrain-summary", table=rows, description="Adapter vs zero-shot base vs TF-IDF")
@@ -68,8 +90,3 @@ def retrain(config: PipelineConfig | None = None, domains: list[str] | None = No
     if failures:
         raise DomainFailure("; ".join(f"domain '{d}' {e}" for d, e in sorted(failures.items())))
     return rows
-
-
-def retrain_with(cfg: PipelineConfig):
-    """The flow with the domain parallelism chosen by the config (Prefect picks the runner per flow)."""
-    return retrain.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.runtime.parallel_domains))

@@ -1,20 +1,23 @@
-"""``lora-pipeline``: the one command users run.
+"""``lora-pipeline``: the one command users run. Every command takes --config FILE and --set key=value.
 
-    lora-pipeline run [--config FILE] [--domains a,b] [--data FILE --text-col C --label-col C --domain-col C]
-                      [--set section.key=value ...]
+    lora-pipeline run [--domains a,b] [--data FILE --text-col C --label-col C --domain-col C]
+    lora-pipeline deploy                     # serve the 'nightly' and 'rebuild' deployments
+    lora-pipeline ui | stop                  # local Prefect + MLflow UIs on 127.0.0.1
+    lora-pipeline models list | compare D | history D | promote D V | rollback D
     lora-pipeline fetch-data
-    lora-pipeline config [--config FILE] [--set ...]     # print the resolved config
+    lora-pipeline config [--get section.key] # print the resolved config
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
 from lora_pipeline.config import PipelineConfig, apply_runtime_env, load_config
-from lora_pipeline.errors import PipelineError
+from lora_pipeline.errors import ConfigError, PipelineError, RegistryError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -38,14 +41,72 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
+    apply_runtime_env(cfg)
     # Imported here: the library itself never imports Prefect; only running the flow needs it.
-    from flows.retrain import retrain_with
+    from flows.retrain import retrain
 
-    retrain_with(cfg)(config=cfg)
+    retrain(config=cfg)
     print(f"\nMLflow store: {cfg.tracking_uri}   registered models: {cfg.data.name}-<domain>")
-    print("Open the UIs (each in its own terminal, from the project directory):")
-    print("  Prefect: PREFECT_HOME=.prefect .venv/bin/prefect server start --host 127.0.0.1   -> http://127.0.0.1:4200")
-    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {cfg.tracking_uri} --host 127.0.0.1   -> http://127.0.0.1:5000")
+    print("Browse runs and versions: `lora-pipeline ui` (or `make ui`), `lora-pipeline models list`.")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    apply_runtime_env(cfg)
+    from deployments.serve import serve_deployments
+
+    serve_deployments(cfg)
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from lora_pipeline.servers import start_servers
+
+    servers = start_servers(_config_from_args(args))
+    for server in servers:
+        print(f"{server.name:8s} {server.url}   (pid {server.pid})")
+    print("Runs started by lora-pipeline in this project now report to this Prefect server.")
+    print(f"For the prefect CLI (e.g. `prefect deployment run`): export PREFECT_API_URL={servers[0].url}/api")
+    print("`lora-pipeline stop` (or `make stop`) stops both.")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from lora_pipeline.servers import stop_servers
+
+    stopped = stop_servers(_config_from_args(args))
+    print("\n".join(f"stopped {s.name} (pid {s.pid})" for s in stopped) or "no servers of this project were running")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from lora_pipeline import catalog, champions
+
+    cfg = _config_from_args(args)
+    store = cfg.tracking_uri.removeprefix("sqlite:///")
+    if store != cfg.tracking_uri and not Path(store).is_file():  # do not create an empty store by asking
+        raise RegistryError(f"{store}: no MLflow store here (run `lora-pipeline run` first, or set tracking.tracking_uri)")
+    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    if args.action == "list":
+        table = catalog.list_models(client)
+        print(table.to_string(index=False) if len(table) else f"no models registered in {cfg.tracking_uri}")
+        return 0
+    name = catalog.model_name_for(client, cfg, args.domain)
+    if args.action == "compare":
+        table = catalog.compare_versions(client, name)
+    elif args.action == "history":
+        table = pd.DataFrame([vars(e) for e in champions.champion_history(client, name)]).fillna("-")
+    else:
+        event = (champions.promote(client, name, args.version, args.reason) if args.action == "promote"
+                 else champions.rollback(client, name))
+        print(f"{name}: champion v{event.previous or '-'} -> v{event.version} ({event.action}: {event.reason})")
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(f"{name}\n{table.to_string(index=False)}" if len(table) else f"{name}: nothing recorded yet")
     return 0
 
 
@@ -58,30 +119,58 @@ def _cmd_fetch_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    print(yaml.safe_dump(_config_from_args(args).model_dump(mode="json"), sort_keys=False), end="")
+    dumped = _config_from_args(args).model_dump(mode="json")
+    if args.get:
+        value = dumped
+        for key in args.get.split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise ConfigError(f"config key '{args.get}': no such key")
+            value = value[key]
+        print(value if not isinstance(value, (dict, list)) else yaml.safe_dump(value, sort_keys=False), end="\n")
+        return 0
+    print(yaml.safe_dump(dumped, sort_keys=False), end="")
     return 0
+
+
+def _command(sub, name: str, func, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand that takes --config/--set like every other."""
+    cmd = sub.add_parser(name, help=help_text)
+    _add_config_args(cmd)
+    cmd.set_defaults(func=func)
+    return cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="prepare, train, evaluate, register and promote one adapter per domain")
-    _add_config_args(run)
+    run = _command(sub, "run", _cmd_run, "prepare, train, evaluate, register and promote one adapter per domain")
     run.add_argument("--domains", help="comma-separated domains to build (default: all)")
     run.add_argument("--data", help="CSV, Parquet or JSONL file (default: the built-in VADER set)")
     run.add_argument("--text-col", help="text column name")
     run.add_argument("--label-col", help="label column name")
     run.add_argument("--domain-col", help="domain column name")
-    run.set_defaults(func=_cmd_run)
+    _command(sub, "deploy", _cmd_deploy, "serve the 'nightly' (cron) and 'rebuild' deployments until stopped")
+    _command(sub, "ui", _cmd_ui, "start the Prefect and MLflow UIs for this project in the background")
+    _command(sub, "stop", _cmd_stop, "stop the UIs that `lora-pipeline ui` started")
 
-    fetch = sub.add_parser("fetch-data", help="download the built-in VADER dataset into data/vader.csv")
-    _add_config_args(fetch)
-    fetch.set_defaults(func=_cmd_fetch_data)
+    models = sub.add_parser("models", help="the MLflow registry: list, compare, history, promote, rollback")
+    actions = models.add_subparsers(dest="action", required=True)
+    for action, help_text in [("list", "every domain: versions, aliases, champion's metrics"),
+                              ("compare", "every version of one domain side by side"),
+                              ("history", "who was champion when, and why (the audit trail)"),
+                              ("promote", "make VERSION the champion of DOMAIN"),
+                              ("rollback", "champion back to the previous champion")]:
+        cmd = _command(actions, action, _cmd_models, help_text)
+        if action != "list":
+            cmd.add_argument("domain", help="domain (e.g. amazon) or full registered model name")
+        if action == "promote":
+            cmd.add_argument("version", help="model version number")
+            cmd.add_argument("--reason", default="", help="why (kept in the history)")
 
-    show = sub.add_parser("config", help="print the resolved config as YAML")
-    _add_config_args(show)
-    show.set_defaults(func=_cmd_config)
+    _command(sub, "fetch-data", _cmd_fetch_data, "download the built-in VADER dataset into data/vader.csv")
+    show = _command(sub, "config", _cmd_config, "print the resolved config as YAML")
+    show.add_argument("--get", metavar="SECTION.KEY", help="print one value only, e.g. schedule.cron")
     return parser
 
 

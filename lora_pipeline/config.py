@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lora_pipeline.errors import ConfigError
 
@@ -34,10 +34,16 @@ RUNTIME_ENV_DEFAULTS = {
 }
 
 
-def apply_runtime_env() -> None:
-    """Call before importing Prefect/MLflow/transformers (the CLI and the tests do)."""
+def apply_runtime_env(cfg: PipelineConfig | None = None) -> None:
+    """Call before importing Prefect/MLflow/transformers (the CLI and the tests do).
+
+    With a config, Prefect also gets the project's own home (database and profile, so `lora-pipeline ui`
+    can point this project's runs at its server) unless PREFECT_HOME is already set.
+    """
     for key, value in RUNTIME_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if cfg is not None:
+        os.environ.setdefault("PREFECT_HOME", str(cfg.prefect_home))
 
 
 def sha256_json(obj: Any) -> str:
@@ -130,9 +136,37 @@ class TrackingConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    project_dir: str = Field(".", description="Root for mlflow.db, mlartifacts/ and work_dir.")
-    work_dir: str = Field(".lora_pipeline", description="Prepared splits and adapters, relative to project_dir.")
-    parallel_domains: int = Field(2, ge=1, description="Domains trained at once (Prefect thread pool size).")
+    project_dir: str = Field(".", description="Root for mlflow.db, mlartifacts/, .prefect/ and work_dir.")
+    work_dir: str = Field(".lora_pipeline", description="Prepared splits, adapters and the task cache, relative to project_dir.")
+    prefect_home: str = Field(
+        ".prefect", description="Prefect's home (database, profile) relative to project_dir; env PREFECT_HOME wins."
+    )
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="'thread': domains in parallel threads here; 'dask': on the cluster at dask_address."
+    )
+    dask_address: str | None = Field(None, description="Scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786.")
+    parallel_domains: int = Field(2, ge=1, description="Domains trained at once by the thread runner.")
+    retries: int = Field(2, ge=0, description="Retries of a task that failed with a transient error (store busy, I/O).")
+    retry_delay_s: float = Field(5, ge=0, description="First retry delay; doubles on each retry (exponential backoff).")
+    train_timeout_s: int = Field(3600, ge=0, description="A training task running longer fails as TimedOut; 0 = no limit.")
+    refresh_cache: bool = Field(False, description="Recompute cached training/evaluation results instead of reusing them.")
+
+    @model_validator(mode="after")
+    def _dask_needs_an_address(self) -> RuntimeConfig:
+        if self.task_runner == "dask" and not self.dask_address:
+            raise ValueError("runtime.dask_address is required when task_runner is 'dask'")
+        return self
+
+
+class ScheduleConfig(_Section):
+    cron: str = Field("0 2 * * *", description="Cron of the 'nightly' deployment (retrains every domain).")
+    timezone: str = Field("UTC", description="Time zone the cron is read in.")
+
+
+class ServersConfig(_Section):
+    host: str = Field("127.0.0.1", description="Interface the Prefect and MLflow UIs bind to (loopback by default).")
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Port of the Prefect server/UI.")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow tracking server/UI.")
 
 
 class PipelineConfig(_Section):
@@ -145,6 +179,8 @@ class PipelineConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    servers: ServersConfig = Field(default_factory=ServersConfig)
 
     # Derived locations, all under project_dir unless absolute.
     @property
@@ -154,6 +190,10 @@ class PipelineConfig(_Section):
     @property
     def work_dir(self) -> Path:
         return self.project_dir / self.runtime.work_dir
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.project_dir / self.runtime.prefect_home
 
     @property
     def tracking_uri(self) -> str:

@@ -195,7 +195,9 @@ def prepare_data(
 
     domains = {}
     for domain, parts in split_parts.items():
-        domain_dir = Path(out_dir) / fingerprint[:16] / domain
+        domain_fingerprint = _fingerprint_rows(parts)
+        # Keyed by the domain's own rows, so another domain's edit leaves this domain's inputs (and cache) as is.
+        domain_dir = Path(out_dir) / domain / domain_fingerprint[:16]
         domain_dir.mkdir(parents=True, exist_ok=True)
         for name, part in parts.items():
             part[["text", "label"]].to_json(domain_dir / f"{name}.jsonl", orient="records", lines=True,
@@ -204,7 +206,7 @@ def prepare_data(
             domain=domain,
             labels=sorted(parts["train"]["label"].unique().tolist()),
             dir=str(domain_dir),
-            fingerprint=_fingerprint_rows(parts),
+            fingerprint=domain_fingerprint,
             counts={name: len(part) for name, part in parts.items()},
         )
     return PreparedData(

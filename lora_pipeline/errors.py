@@ -1,5 +1,7 @@
 """Errors a user acts on. Each message is one line naming the file/column/row/domain/key at fault."""
 
+import errno
+
 
 class PipelineError(Exception):
     """Base class: the CLI prints these as a single 'error: ...' line."""
@@ -15,3 +17,33 @@ class DataError(PipelineError, ValueError):
 
 class DomainFailure(PipelineError, RuntimeError):
     """At least one domain failed; the others were still registered. Names each domain and its error."""
+
+
+class RegistryError(PipelineError, LookupError):
+    """A registry command named a model, version or alias that cannot be used."""
+
+
+# errno values of I/O errors worth retrying (busy, interrupted, would block, remote/NFS hiccups).
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET,
+                     errno.ECONNREFUSED, errno.ESTALE}
+_TRANSIENT_WORDS = ("database is locked", "database table is locked", "busy", "temporarily unavailable",
+                    "too many requests", "connection reset", "connection refused", "timed out")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a retry can fix (a busy MLflow store, flaky I/O); False for bugs and bad input.
+
+    Looks through the exception chain: MLflow and SQLAlchemy wrap the sqlite/HTTP error that says 'busy'.
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, PipelineError):
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            return True
+        if any(word in str(exc).lower() for word in _TRANSIENT_WORDS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -7,22 +7,20 @@ thread and domains are processed in worker threads.
 
 from __future__ import annotations
 
-import functools
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
-from lora_pipeline import __version__
+from lora_pipeline.champions import AUTO, set_champion
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.data import DomainSplits, PreparedData
 from lora_pipeline.evaluation import MODELS, DomainEvaluation
 from lora_pipeline.metrics import SCALAR_METRICS
 from lora_pipeline.mlflow_model import PYFUNC_ENTRY, signature_for
+from lora_pipeline.provenance import adapter_key, code_version
 from lora_pipeline.promotion import CHAMPION, CHALLENGER, PromotionDecision, decide_promotion
 from lora_pipeline.training import TrainedAdapter
 
@@ -38,22 +36,9 @@ class RegisteredAdapter:
     model_name: str
     version: str
     run_id: str
-    alias: str
+    alias: str  # the alias this version holds now ("" for none)
     reason: str
-
-
-@functools.cache
-def code_version() -> str:
-    """Package version + git commit of this code (+ '-dirty' for uncommitted changes); '+unknown' outside git."""
-    code_dir = Path(__file__).resolve().parent  # the code's checkout, not the user's project dir
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code_dir, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=code_dir,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return f"{__version__}+{commit[:12]}{'-dirty' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        return f"{__version__}+unknown"
+    is_new: bool  # False: this exact adapter (same data, config and code) was already registered
 
 
 def registered_name(cfg: PipelineConfig, domain: str) -> str:
@@ -137,6 +122,21 @@ def current_champion(client: MlflowClient, name: str) -> tuple[str, float] | Non
     return version.version, float(client.get_run(version.run_id).data.metrics["adapter_macro_f1"])
 
 
+def find_version_by_tag(client: MlflowClient, name: str, key: str, value: str):
+    """The newest version of ``name`` whose tag ``key`` equals ``value``, or None."""
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    matching = [v for v in versions if v.tags.get(key) == value]
+    return max(matching, key=lambda v: int(v.version), default=None)
+
+
+def _aliases_of(client: MlflowClient, name: str, version: str) -> str:
+    aliases = client.get_registered_model(name).aliases
+    return ",".join(sorted(a for a, v in aliases.items() if str(v) == str(version)))
+
+
 def log_and_register(
     cfg: PipelineConfig,
     parent_run_id: str,
@@ -149,6 +149,13 @@ def log_and_register(
     experiment_id = setup_tracking(cfg)
     client = MlflowClient()
     name = registered_name(cfg, splits.domain)
+    identity = adapter_key(cfg, splits)
+    existing = find_version_by_tag(client, name, "adapter_key", identity)
+    if existing is not None:  # a cached re-run: the same adapter is never registered twice
+        return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(existing.version),
+                                 run_id=existing.run_id, alias=_aliases_of(client, name, existing.version),
+                                 reason=f"unchanged: same data, config and code as v{existing.version}",
+                                 is_new=False)
     provenance = {
         "domain": splits.domain,
         "base_model": cfg.base.name,
@@ -156,6 +163,7 @@ def log_and_register(
         "domain_fingerprint": splits.fingerprint,
         "config_sha256": cfg.sha256(),
         "code_version": code_version(),
+        "adapter_key": identity,
         "seed": str(cfg.train.seed),
         "labels": ",".join(splits.labels),
     }
@@ -191,16 +199,21 @@ def log_and_register(
                 "promotion_reason": decision.reason,
             }.items():
                 client.set_model_version_tag(name, version.version, key, value)
-            client.set_registered_model_alias(name, decision.alias, version.version)
             if decision.alias == CHAMPION:
                 client.set_model_version_tag(name, version.version, "previous_champion",
                                              champion[0] if champion else "none")
+                set_champion(client, name, version.version, AUTO, decision.reason)
+            else:
+                client.set_registered_model_alias(name, CHALLENGER, version.version)
+            for tag, value in {"dataset": cfg.data.name, "domain": splits.domain,
+                               "managed_by": "lora-pipeline"}.items():
+                client.set_registered_model_tag(name, tag, value)
         except Exception:
             # Nothing half-done stays registered: drop the version that did not get its tags/alias.
             client.delete_model_version(name, version.version)
             raise
         mlflow.set_tags({"registered_model": name, "registered_version": version.version,
-                         "promotion_decision": decision.alias})
-    return RegisteredAdapter(domain=splits.domain, model_name=name, version=version.version,
-                             run_id=run.info.run_id, alias=decision.alias, reason=decision.reason)
+                         "promotion_decision": decision.alias, "trained_on": trained.trained_on})
+    return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(version.version),
+                             run_id=run.info.run_id, alias=decision.alias, reason=decision.reason, is_new=True)
 

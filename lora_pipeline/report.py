@@ -9,7 +9,7 @@ def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
     for domain, (trained, evaluation, registered) in sorted(results.items()):
         rows.append({
             "domain": domain,
-            "status": "registered",
+            "status": "registered" if registered.is_new else "unchanged (cached)",
             "model": registered.model_name,
             "version": registered.version,
             "alias": registered.alias,

@@ -7,7 +7,9 @@ its head and the label map are saved.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ class TrainedAdapter:
     total_params: int
     adapter_size_bytes: int
     best_val_macro_f1: float
+    trained_on: str  # host:pid of the process that trained it (a Dask worker, or this process)
 
 
 class _EncodedTexts(torch.utils.data.Dataset):
@@ -146,4 +149,5 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         total_params=total,
         adapter_size_bytes=adapter_size_bytes(adapter_dir),
         best_val_macro_f1=float(best) if best is not None else float("nan"),
+        trained_on=f"{socket.gethostname()}:{os.getpid()}",
     )

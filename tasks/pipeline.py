@@ -1,20 +1,49 @@
 """Thin Prefect tasks over lora_pipeline: each is a typed call into the library, nothing more.
 
-Inputs are configs, paths and small dataclasses (hashable), never models or tensors.
+Inputs are configs, paths and small dataclasses (hashable, picklable for Dask), never models or tensors.
+Training and evaluation are cached on what made them (``lora_pipeline.provenance``) plus the task's
+source; ``configure`` adds the per-project options (cache location, retries, timeout) from the config.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import Task, task
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from prefect.task_engine import TaskRunTimeoutError
+from prefect.tasks import exponential_backoff
 
-from lora_pipeline.config import PipelineConfig
-from lora_pipeline.data import DomainSplits, PreparedData, prepare_data
-from lora_pipeline.datasets import resolve_data_path
-from lora_pipeline.evaluation import DomainEvaluation, evaluate_domain
-from lora_pipeline.registry import RegisteredAdapter, finish_parent_run, log_and_register, start_parent_run
-from lora_pipeline.training import TrainedAdapter, train_adapter
+from lora_pipeline.config import PipelineConfig, apply_runtime_env
+
+apply_runtime_env()  # a Dask worker imports this module first: offline/no-telemetry before transformers loads
+
+from lora_pipeline.data import DomainSplits, PreparedData, prepare_data  # noqa: E402
+from lora_pipeline.datasets import resolve_data_path  # noqa: E402
+from lora_pipeline.errors import is_transient  # noqa: E402
+from lora_pipeline.evaluation import DomainEvaluation, evaluate_domain  # noqa: E402
+from lora_pipeline.provenance import adapter_key, evaluation_key  # noqa: E402
+from lora_pipeline.registry import (  # noqa: E402
+    RegisteredAdapter,
+    finish_parent_run,
+    log_and_register,
+    start_parent_run,
+)
+from lora_pipeline.training import TrainedAdapter, train_adapter  # noqa: E402
+
+# Cache keys: the library's notion of "same adapter" + Prefect's hash of the task's own source.
+TRAIN_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: adapter_key(p["cfg"], p["splits"]))
+EVALUATE_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: evaluation_key(p["cfg"], p["splits"]))
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """Retry a busy store or flaky I/O; never a timeout (it would only time out again) or a bug."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and not isinstance(error, TaskRunTimeoutError) and is_transient(error)
+
+
+def adapter_dir_for(cfg: PipelineConfig, splits: DomainSplits) -> Path:
+    return cfg.work_dir / "adapters" / splits.domain / adapter_key(cfg, splits)[:16]
 
 
 @task(name="prepare-data")
@@ -28,15 +57,15 @@ def start_tracking_task(cfg: PipelineConfig, prepared: PreparedData, run_name: s
     return start_parent_run(cfg, prepared, run_name)
 
 
-@task(name="train-adapter", task_run_name="train-{splits.domain}")
+@task(name="train-adapter", task_run_name="train-{splits.domain}", cache_policy=TRAIN_CACHE)
 def train_adapter_task(cfg: PipelineConfig, splits: DomainSplits) -> TrainedAdapter:
-    out = cfg.work_dir / "adapters" / splits.domain / f"{splits.fingerprint[:12]}-{cfg.sha256()[:12]}"
-    return train_adapter(splits, cfg, out)
+    return train_adapter(splits, cfg, adapter_dir_for(cfg, splits))
 
 
-@task(name="evaluate-adapter", task_run_name="evaluate-{splits.domain}")
+@task(name="evaluate-adapter", task_run_name="evaluate-{splits.domain}", cache_policy=EVALUATE_CACHE)
 def evaluate_adapter_task(cfg: PipelineConfig, splits: DomainSplits, trained: TrainedAdapter) -> DomainEvaluation:
-    return evaluate_domain(splits, trained.adapter_dir, cfg, Path(trained.adapter_dir).parent / "evaluation")
+    out = Path(trained.adapter_dir).parent / f"evaluation-{evaluation_key(cfg, splits)[:12]}"
+    return evaluate_domain(splits, trained.adapter_dir, cfg, out)
 
 
 @task(name="register-adapter", task_run_name="register-{splits.domain}")
@@ -54,3 +83,15 @@ def register_adapter_task(
 @task(name="finish-tracking")
 def finish_tracking_task(parent_run_id: str, failed_domains: list[str]) -> None:
     finish_parent_run(parent_run_id, failed_domains)
+
+
+def configure(t: Task, cfg: PipelineConfig) -> Task:
+    """``t`` with this project's options: retries with exponential backoff, and for the cached tasks the
+    cache under work_dir (so it lives and dies with the adapters it points to) and the training timeout."""
+    options = dict(retries=cfg.runtime.retries, retry_delay_seconds=exponential_backoff(cfg.runtime.retry_delay_s),
+                   retry_condition_fn=retry_if_transient)
+    if t is train_adapter_task or t is evaluate_adapter_task:
+        options.update(result_storage=cfg.work_dir / "task-cache", refresh_cache=cfg.runtime.refresh_cache)
+    if t is train_adapter_task and cfg.runtime.train_timeout_s:
+        options.update(timeout_seconds=cfg.runtime.train_timeout_s)
+    return t.with_options(**options)

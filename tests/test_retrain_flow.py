@@ -138,3 +138,19 @@ def test_bad_input_stops_before_training_and_registers_nothing(
     assert last.startswith(f"error: {bad}:") and message in last
     assert not (tmp_path / "mlflow.db").exists()  # prepare failed before tracking started
     assert not (tmp_path / ".lora_pipeline" / "adapters").exists()
+
+
+def test_a_training_task_over_its_timeout_fails_without_retrying(tmp_path, vader_csv, prefect_harness, capsys):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    # 4000 steps would take minutes; the 5 s limit must stop it (a timeout is never retried: it would recur).
+    assert _run_cli(tmp_path, vader_csv, "--domains", "tweets", "--set", "train.max_steps=4000",
+                    "--set", "runtime.train_timeout_s=5") == 1
+    assert "domain 'tweets' train failed: TaskRunTimeoutError" in capsys.readouterr().err
+    with get_client(sync_client=True) as client:
+        [train] = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["train-tweets"])),
+                                        sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=1)
+    assert train.state.name == "TimedOut" and train.run_count == 1
+    assert _versions(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "vader-tweets") == []

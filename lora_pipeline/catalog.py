@@ -1,0 +1,87 @@
+"""Read the registry for people: every domain's model at a glance, and one domain's versions side by side.
+
+Behind ``lora-pipeline models list`` and ``lora-pipeline models compare DOMAIN``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from lora_pipeline.config import PipelineConfig
+from lora_pipeline.errors import RegistryError
+from lora_pipeline.promotion import CHAMPION
+
+MANAGED_TAG = ("managed_by", "lora-pipeline")  # set on every registered model the pipeline creates
+
+
+def model_name_for(client: MlflowClient, cfg: PipelineConfig, domain_or_name: str) -> str:
+    """'amazon' -> 'vader-amazon' (the config's dataset); a full registered name is taken as is."""
+    for name in (f"{cfg.data.name}-{domain_or_name}", domain_or_name):
+        try:
+            client.get_registered_model(name)
+            return name
+        except MlflowException:
+            continue
+    raise RegistryError(f"model '{cfg.data.name}-{domain_or_name}': not in the registry at {cfg.tracking_uri}")
+
+
+def _aliases_by_version(model) -> dict[str, list[str]]:
+    by_version: dict[str, list[str]] = {}
+    for alias, version in sorted(model.aliases.items()):
+        by_version.setdefault(str(version), []).append(alias)
+    return by_version
+
+
+def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:
+    metrics = {k: round(v, 4) for k, v in (client.get_run(version.run_id).data.metrics if version.run_id else {}).items()}
+    tags = version.tags
+    return {
+        "version": int(version.version),
+        "aliases": ",".join(aliases),
+        "created": pd.Timestamp(version.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M"),
+        "adapter_macro_f1": metrics.get("adapter_macro_f1"),
+        "base_macro_f1": metrics.get("base_macro_f1"),
+        "tfidf_macro_f1": metrics.get("tfidf_macro_f1"),
+        "adapter_accuracy": metrics.get("adapter_accuracy"),
+        "adapter_kb": round(metrics["adapter_size_bytes"] / 1024, 1) if "adapter_size_bytes" in metrics else None,
+        "train_seconds": metrics.get("train_seconds"),
+        "latency_p50_ms": metrics.get("latency_p50_ms"),
+        "n_train": metrics.get("n_train"),
+        "data": tags.get("domain_fingerprint", "")[:12],
+        "config": tags.get("config_sha256", "")[:12],
+        "code": tags.get("code_version", ""),
+        "decision": tags.get("promotion_decision", ""),
+    }
+
+
+def compare_versions(client: MlflowClient, name: str) -> pd.DataFrame:
+    """Every version of ``name``, newest first, with its metrics, aliases and provenance."""
+    aliases = _aliases_by_version(client.get_registered_model(name))
+    versions = client.search_model_versions(f"name='{name}'")
+    rows = [_version_row(client, v, aliases.get(str(v.version), [])) for v in versions]
+    return pd.DataFrame(rows).sort_values("version", ascending=False).reset_index(drop=True)
+
+
+def list_models(client: MlflowClient) -> pd.DataFrame:
+    """One row per pipeline-registered model: its domain, version count, aliases and champion's metrics."""
+    rows = []
+    for model in client.search_registered_models(order_by=["name ASC"]):
+        if model.tags.get(MANAGED_TAG[0]) != MANAGED_TAG[1]:
+            continue
+        aliases = {alias: str(v) for alias, v in model.aliases.items()}
+        versions = client.search_model_versions(f"name='{model.name}'")
+        row = {
+            "model": model.name,
+            "domain": model.tags.get("domain", ""),
+            "versions": len(versions),
+            "latest": max((int(v.version) for v in versions), default=None),
+            "aliases": ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())),
+        }
+        if CHAMPION in aliases:
+            champion = _version_row(client, client.get_model_version(model.name, aliases[CHAMPION]), [CHAMPION])
+            row.update({k: champion[k] for k in ("adapter_macro_f1", "base_macro_f1", "tfidf_macro_f1",
+                                                   "adapter_kb", "train_seconds")})
+        rows.append(row)
+    return pd.DataFrame(rows)
