@@ -46,11 +46,16 @@ def task_runner_for(cfg: PipelineConfig) -> TaskRunner:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(config: PipelineConfig | None = None, domains: list[str] | None = None) -> list[dict]:
-    """Retrain, evaluate and register one adapter per domain (``domains``: a subset, e.g. a rebuild)."""
+def retrain(config: PipelineConfig | None = None, domains: list[str] | None = None, refresh: bool = False) -> list[dict]:
+    """Retrain, evaluate and register one adapter per domain.
+
+    ``domains``: only these (a rebuild). ``refresh``: retrain and register even if nothing changed.
+    """
     cfg = config or load_config()
     if domains:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"domains": list(domains)})})
+    if refresh:
+        cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"refresh_cache": True})})
     # Prefect fixes the task runner per flow, and a deployment loads this flow from its entrypoint, so
     # the runner the config asks for is applied here, to the subflow that does the work.
     return build_adapters.with_options(task_runner=task_runner_for(cfg))(cfg)

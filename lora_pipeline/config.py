@@ -149,7 +149,10 @@ class RuntimeConfig(_Section):
     retries: int = Field(2, ge=0, description="Retries of a task that failed with a transient error (store busy, I/O).")
     retry_delay_s: float = Field(5, ge=0, description="First retry delay; doubles on each retry (exponential backoff).")
     train_timeout_s: int = Field(3600, ge=0, description="A training task running longer fails as TimedOut; 0 = no limit.")
-    refresh_cache: bool = Field(False, description="Recompute cached training/evaluation results instead of reusing them.")
+    refresh_cache: bool = Field(
+        False, description="Retrain and re-evaluate instead of reusing cached results, and register the result "
+        "even if the same adapter (same data, config and code) is already registered."
+    )
 
     @model_validator(mode="after")
     def _dask_needs_an_address(self) -> RuntimeConfig:

@@ -150,8 +150,8 @@ def log_and_register(
     client = MlflowClient()
     name = registered_name(cfg, splits.domain)
     identity = adapter_key(cfg, splits)
-    existing = find_version_by_tag(client, name, "adapter_key", identity)
-    if existing is not None:  # a cached re-run: the same adapter is never registered twice
+    existing = None if cfg.runtime.refresh_cache else find_version_by_tag(client, name, "adapter_key", identity)
+    if existing is not None:  # a cached re-run: the same adapter is not registered twice
         return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(existing.version),
                                  run_id=existing.run_id, alias=_aliases_of(client, name, existing.version),
                                  reason=f"unchanged: same data, config and code as v{existing.version}",

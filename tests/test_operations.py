@@ -81,6 +81,11 @@ def test_no_change_rerun_hits_the_cache_and_registers_nothing(project, registry)
         assert states[f"train-{domain}"] == "Cached"
         assert states[f"evaluate-{domain}"] == "Cached"
 
+    # Asked for explicitly, a rebuild of an unchanged domain retrains and registers it anyway.
+    [row] = retrain(config=cfg, domains=["tweets"], refresh=True)
+    assert row["status"] == "registered" and row["version"] == str(len(before["tweets"]) + 1)
+    assert _versions(registry, "vader-amazon") == before["amazon"]
+
 
 def _wait_for_deployment(client, name: str, server: subprocess.Popen, timeout_s: float = 240):
     deadline = time.monotonic() + timeout_s
