@@ -27,7 +27,7 @@ def model_name_for(client: MlflowClient, cfg: PipelineConfig, domain_or_name: st
     raise RegistryError(f"model '{cfg.data.name}-{domain_or_name}': not in the registry at {cfg.tracking_uri}")
 
 
-def _aliases_by_version(model) -> dict[str, list[str]]:
+def aliases_by_version(model) -> dict[str, list[str]]:
     by_version: dict[str, list[str]] = {}
     for alias, version in sorted(model.aliases.items()):
         by_version.setdefault(str(version), []).append(alias)
@@ -58,7 +58,7 @@ def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:
 
 def compare_versions(client: MlflowClient, name: str) -> pd.DataFrame:
     """Every version of ``name``, newest first, with its metrics, aliases and provenance."""
-    aliases = _aliases_by_version(client.get_registered_model(name))
+    aliases = aliases_by_version(client.get_registered_model(name))
     versions = client.search_model_versions(f"name='{name}'")
     rows = [_version_row(client, v, aliases.get(str(v.version), [])) for v in versions]
     return pd.DataFrame(rows).sort_values("version", ascending=False).reset_index(drop=True)

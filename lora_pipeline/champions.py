@@ -60,10 +60,10 @@ def set_champion(client: MlflowClient, name: str, version: str, action: str, rea
     """Point ``champion`` at ``version`` and append the event to the history."""
     version = str(version)
     _model_version(client, name, version)  # fails clearly on an unknown version
-    previous = current_champion_version(client, name)
+    aliases = {alias: str(v) for alias, v in _registered_model(client, name).aliases.items()}
+    previous = aliases.get(CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, version)
-    aliases = _registered_model(client, name).aliases
-    if str(aliases.get(CHALLENGER)) == version:  # one version, one role
+    if aliases.get(CHALLENGER) == version:  # one version, one role
         client.delete_registered_model_alias(name, CHALLENGER)
     event = ChampionEvent(at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), action=action,
                           version=version, previous=previous, reason=reason, by=_user())

@@ -53,11 +53,11 @@ def adapter_key(cfg: PipelineConfig, splits: DomainSplits) -> str:
         "domain": splits.domain,
         "domain_fingerprint": splits.fingerprint,
         "labels": splits.labels,
-        "config": cfg.model_dump(mode="json", include=set(TRAINING_SECTIONS)),
+        "config": cfg.sha256(*TRAINING_SECTIONS),
         "code": code_fingerprint(),
     })
 
 
 def evaluation_key(cfg: PipelineConfig, splits: DomainSplits) -> str:
     """Identity of one evaluation: the adapter it evaluates plus the evaluation settings."""
-    return sha256_json({"adapter": adapter_key(cfg, splits), "eval": cfg.model_dump(mode="json")["eval"]})
+    return sha256_json({"adapter": adapter_key(cfg, splits), "eval": cfg.sha256("eval")})

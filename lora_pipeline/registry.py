@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
+from lora_pipeline.catalog import aliases_by_version
 from lora_pipeline.champions import AUTO, set_champion
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.data import DomainSplits, PreparedData
@@ -132,11 +133,6 @@ def find_version_by_tag(client: MlflowClient, name: str, key: str, value: str):
     return max(matching, key=lambda v: int(v.version), default=None)
 
 
-def _aliases_of(client: MlflowClient, name: str, version: str) -> str:
-    aliases = client.get_registered_model(name).aliases
-    return ",".join(sorted(a for a, v in aliases.items() if str(v) == str(version)))
-
-
 def log_and_register(
     cfg: PipelineConfig,
     parent_run_id: str,
@@ -153,7 +149,7 @@ def log_and_register(
     existing = None if cfg.runtime.refresh_cache else find_version_by_tag(client, name, "adapter_key", identity)
     if existing is not None:  # a cached re-run: the same adapter is not registered twice
         return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(existing.version),
-                                 run_id=existing.run_id, alias=_aliases_of(client, name, existing.version),
+                                 run_id=existing.run_id, alias=",".join(aliases_by_version(client.get_registered_model(name)).get(str(existing.version), [])),
                                  reason=f"unchanged: same data, config and code as v{existing.version}",
                                  is_new=False)
     provenance = {

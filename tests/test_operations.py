@@ -28,9 +28,13 @@ pytestmark = pytest.mark.integration
 DOMAINS = ["amazon", "tweets"]
 
 
+def _set_args(project: Path) -> list[str]:
+    """The tiny config for ``project`` as CLI arguments (--set k=v ...)."""
+    return [x for item in tiny_overrides(project) + [f"data.path={project / 'data.csv'}"] for x in ("--set", item)]
+
+
 def _cli(project: Path, *args: str) -> int:
-    overrides = [x for item in tiny_overrides(project) + [f"data.path={project / 'data.csv'}"] for x in ("--set", item)]
-    return main([*args, *overrides])
+    return main([*args, *_set_args(project)])
 
 
 def _versions(client: MlflowClient, name: str) -> dict[str, int]:
@@ -110,9 +114,8 @@ def test_rebuild_deployment_retrains_only_the_named_domain(project, registry):
     before = {d: _versions(registry, f"vader-{d}") for d in DOMAINS}
     tweets_runs = _domain_runs(registry, "tweets")
 
-    overrides = [x for item in tiny_overrides(project) + [f"data.path={project / 'data.csv'}"] for x in ("--set", item)]
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "lora_pipeline.cli", "deploy", *overrides], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "lora_pipeline.cli", "deploy", *_set_args(project)], env=env,
                               cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with get_client(sync_client=True) as client:
@@ -177,9 +180,7 @@ def test_ui_servers_show_runs_started_after_them_and_stop_cleanly(project):
         started_ms = int(time.time() * 1000)
         # A user's next run, in a fresh process that knows nothing but the project directory.
         env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
-        overrides = [x for item in tiny_overrides(project) + [f"data.path={project / 'data.csv'}"]
-                     for x in ("--set", item)]
-        done = subprocess.run([sys.executable, "-m", "lora_pipeline.cli", "run", *overrides], env=env,
+        done = subprocess.run([sys.executable, "-m", "lora_pipeline.cli", "run", *_set_args(project)], env=env,
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
 
