@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 WORK_POOL ?= lora-local
 
-.PHONY: install data demo test ui stop deploy deploy-pool worker clean
+.PHONY: install data demo test bench serve ui stop deploy deploy-pool worker clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,14 @@ demo: install data
 
 test: install data
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=8
+
+# Benchmarks (never timed asserts): figures go to benchmarks/results/*.json.
+bench: install data
+	$(BIN)/python -m benchmarks.bench_serving
+
+# The prediction API on 127.0.0.1:8000: every domain's champion on one base (Ctrl-C stops).
+serve: install
+	$(BIN)/lora-pipeline serve
 
 # Prefect UI (:4200) and MLflow UI (:5000) on 127.0.0.1 over this project's stores, in the background.
 ui: install
@@ -50,4 +58,4 @@ worker: install
 
 clean:
 	-$(BIN)/lora-pipeline stop
-	rm -rf .lora_pipeline mlartifacts mlflow.db .prefect
+	rm -rf .lora_pipeline mlartifacts mlflow.db .prefect benchmarks/.work

@@ -4,6 +4,8 @@
     lora-pipeline deploy                     # serve the 'nightly' and 'rebuild' deployments
     lora-pipeline ui | stop                  # local Prefect + MLflow UIs on 127.0.0.1
     lora-pipeline models list | compare D | history D | promote D V | rollback D
+    lora-pipeline serve [--host H --port P]  # prediction API: every domain's champion on one base
+    lora-pipeline predict --domain D "text" ...
     lora-pipeline fetch-data
     lora-pipeline config [--get section.key] # print the resolved config
 """
@@ -34,6 +36,9 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"data.{key}={value}")
+    for flag in ("host", "port"):  # serve's shorthands for --set api.*
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"api.{flag}={getattr(args, flag)}")
     if getattr(args, "domains", None):
         overrides.append(f"data.domains=[{args.domains}]")
     return load_config(args.config, overrides)
@@ -80,6 +85,13 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_store(cfg: PipelineConfig) -> None:
+    """Reading commands must not create an empty SQLite store by asking."""
+    store = cfg.tracking_uri.removeprefix("sqlite:///")
+    if store != cfg.tracking_uri and not Path(store).is_file():
+        raise RegistryError(f"{store}: no MLflow store here (run `lora-pipeline run` first, or set tracking.tracking_uri)")
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
     from mlflow import MlflowClient
@@ -87,9 +99,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from lora_pipeline import catalog, champions
 
     cfg = _config_from_args(args)
-    store = cfg.tracking_uri.removeprefix("sqlite:///")
-    if store != cfg.tracking_uri and not Path(store).is_file():  # do not create an empty store by asking
-        raise RegistryError(f"{store}: no MLflow store here (run `lora-pipeline run` first, or set tracking.tracking_uri)")
+    _require_store(cfg)
     client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
     if args.action == "list":
         table = catalog.list_models(client)
@@ -107,6 +117,41 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(f"{name}\n{table.to_string(index=False)}" if len(table) else f"{name}: nothing recorded yet")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lora_pipeline.api import create_app
+
+    cfg = _config_from_args(args)
+    _require_store(cfg)
+    print(f"serving the champions of {cfg.tracking_uri} on http://{cfg.api.host}:{cfg.api.port} (docs: /docs)")
+    uvicorn.run(create_app(cfg), host=cfg.api.host, port=cfg.api.port, log_level="info")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from lora_pipeline.serving import ChampionService
+
+    cfg = _config_from_args(args)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ConfigError("predict: give texts as arguments or one per line on stdin")
+    _require_store(cfg)
+    service = ChampionService(cfg)
+    report = service.reload(domains=[args.domain])  # this domain only: the same loading code as the server
+    if report.failed:
+        raise RegistryError(f"cannot load the champion: {report.failed[0]}")
+    if args.domain not in service.served:
+        known = ", ".join(sorted(service.champions())) or "none"
+        raise RegistryError(f"domain '{args.domain}': no champion in {cfg.tracking_uri} (domains with one: {known})")
+    for text, p in zip(texts, service.predict([(args.domain, text) for text in texts])):
+        print(json.dumps({"text": text, "label": p.label, "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()},
+                          "model": p.model_name, "model_version": p.model_version}))
     return 0
 
 
@@ -168,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("version", help="model version number")
             cmd.add_argument("--reason", default="", help="why (kept in the history)")
 
+    serve = _command(sub, "serve", _cmd_serve, "prediction API (FastAPI): one base, every domain's champion adapter")
+    serve.add_argument("--host", help="interface to bind (default api.host = 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default api.port = 8000)")
+    predict = _command(sub, "predict", _cmd_predict, "classify texts with a domain's champion (no server needed)")
+    predict.add_argument("--domain", required=True, help="domain whose champion answers, e.g. amazon")
+    predict.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     _command(sub, "fetch-data", _cmd_fetch_data, "download the built-in VADER dataset into data/vader.csv")
     show = _command(sub, "config", _cmd_config, "print the resolved config as YAML")
     show.add_argument("--get", metavar="SECTION.KEY", help="print one value only, e.g. schedule.cron")

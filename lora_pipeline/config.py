@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from lora_pipeline.errors import ConfigError
 
@@ -31,6 +31,7 @@ RUNTIME_ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # first ephemeral start can take 20 s+
     "TOKENIZERS_PARALLELISM": "false",  # we already run domains in parallel threads
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the server downloads adapters; keep its log readable
 }
 
 
@@ -172,6 +173,27 @@ class ServersConfig(_Section):
     mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow tracking server/UI.")
 
 
+class ApiConfig(_Section):
+    host: str = Field("127.0.0.1", description="Interface `lora-pipeline serve` binds to (loopback by default).")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the prediction API.")
+    max_texts_per_request: int = Field(64, ge=1, description="More texts in one /predict request is a 422.")
+    max_text_chars: int = Field(2000, ge=1, description="A longer text is a 422 (the model sees base.max_length tokens anyway).")
+    max_batch_size: int = Field(32, ge=1, description="Texts per forward pass; concurrent requests are batched up to this.")
+    batch_wait_ms: float = Field(
+        5, ge=0, description="How long the batcher waits for more requests before a forward pass (latency vs. throughput)."
+    )
+    poll_interval_s: float = Field(
+        60, ge=0, description="Seconds between registry checks for new champions; 0 = only on POST /reload."
+    )
+    max_labels: int = Field(
+        16, ge=2, description="Widest label set one adapter may have: all heads share one padded base head of this width."
+    )
+    # SecretStr: dumped as '**********', so the key never reaches a logged config.json or a hash.
+    api_key: SecretStr | None = Field(
+        None, description="If set, every call but /health needs header X-API-Key with this value (env LORA_PIPELINE_API_KEY)."
+    )
+
+
 class PipelineConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -184,6 +206,7 @@ class PipelineConfig(_Section):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     servers: ServersConfig = Field(default_factory=ServersConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
     # Derived locations, all under project_dir unless absolute.
     @property
@@ -251,6 +274,8 @@ def load_config(
     env = os.environ if env is None else env
     if env.get("MLFLOW_TRACKING_URI"):
         raw.setdefault("tracking", {})["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    if env.get("LORA_PIPELINE_API_KEY"):  # a secret: better in the environment than in a YAML file
+        raw.setdefault("api", {})["api_key"] = env["LORA_PIPELINE_API_KEY"]
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:

@@ -23,6 +23,14 @@ class RegistryError(PipelineError, LookupError):
     """A registry command named a model, version or alias that cannot be used."""
 
 
+class AdapterLoadError(PipelineError, ValueError):
+    """A registered adapter the server cannot load (wrong base, too many labels, unmixable modules, I/O)."""
+
+
+class UnknownDomainError(PipelineError, LookupError):
+    """A prediction asked for a domain that has no loaded champion."""
+
+
 # errno values of I/O errors worth retrying (busy, interrupted, would block, remote/NFS hiccups).
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET,
                      errno.ECONNREFUSED, errno.ESTALE}

@@ -1,0 +1,244 @@
+"""Serving benchmark: how much does serving many adapters on one base cost, measured on this machine.
+
+Three ways to answer the same mixed-domain stream of texts, all in batches of ``--batch-size``:
+- mixed:     the server's path (ChampionService.predict): every batch is one forward pass whose rows
+             go through their own domain's adapter (peft ``adapter_names``);
+- switching: the usual alternative: per batch, one forward per domain after switching the active adapter;
+- merged:    the ceiling: one adapter merged into the base (plain model, no LoRA work), serving one domain.
+Plus latency at batch 1: through the pool in this process, and over HTTP to a `lora-pipeline serve` process.
+
+    python -m benchmarks.bench_serving [--project DIR] [--texts 512] [--batch-size 32]
+
+With no trained champions in ``--project``, it first trains tiny adapters (a few steps per domain) with
+the real flow: throughput does not depend on how well an adapter was trained. Writes
+benchmarks/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from lora_pipeline.config import PipelineConfig, apply_runtime_env, load_config  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "serving.json"
+# Enough for every stage to be real, small enough to train all four domains in ~1.5 min on 2 cores.
+TINY_TRAINING = ["split.max_train_rows=96", "split.max_val_rows=24", "split.max_test_rows=40", "train.max_steps=12",
+                 "train.batch_size=8", "eval.latency_samples=3", "promotion.min_gain_over_base=-1"]
+
+
+def bench_config(project: Path) -> PipelineConfig:
+    return load_config(overrides=[f"runtime.project_dir={project}", *TINY_TRAINING, "api.poll_interval_s=0"])
+
+
+def ensure_champions(cfg: PipelineConfig) -> None:
+    if (cfg.project_dir / "mlflow.db").is_file():
+        from mlflow import MlflowClient
+
+        client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+        if any("champion" in m.aliases for m in client.search_registered_models()):
+            return
+    from flows.retrain import retrain
+
+    print(f"training tiny champions in {cfg.project_dir} (one-off) ...", flush=True)
+    retrain(config=cfg)
+
+
+def workload(cfg: PipelineConfig, domains: list[str], n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` (domain, text) pairs in random domain order, texts from each domain's own data."""
+    import pandas as pd
+
+    from lora_pipeline.datasets import resolve_data_path
+
+    data = pd.read_csv(resolve_data_path(cfg.data.path, cfg.project_dir), dtype=str, keep_default_na=False)
+    rng = random.Random(seed)
+    by_domain = {d: data.loc[data["domain"] == d, "text"].tolist() for d in domains}
+    return [(d, rng.choice(by_domain[d])) for d in (rng.choice(domains) for _ in range(n))]
+
+
+def timed(fn, repeats: int) -> tuple[float, list[float], object]:
+    """Median seconds over ``repeats`` runs (after one warm-up), all runs, and the last result."""
+    result = fn()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs), runs, result
+
+
+def run_mixed(service, items, batch_size):
+    out = []
+    for start in range(0, len(items), batch_size):
+        out += [p.label for p in service.predict(items[start : start + batch_size])]
+    return out
+
+
+def run_switching(service, items, batch_size):
+    """Per batch: group rows by domain, switch the active adapter, one forward per group."""
+    import torch
+
+    pool, served = service.pool, service.served
+    labels = [None] * len(items)
+    with torch.inference_mode():
+        for start in range(0, len(items), batch_size):
+            chunk = list(enumerate(items[start : start + batch_size], start))
+            for domain in sorted({d for _, (d, _) in chunk}):
+                rows = [(i, text) for i, (d, text) in chunk if d == domain]
+                adapter = served[domain]
+                pool.model.set_adapter(adapter.slot)
+                batch = pool.encode([t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
+                logits = pool.model(**batch).logits[:, : len(adapter.labels)]
+                for (i, _), k in zip(rows, logits.argmax(-1).tolist()):
+                    labels[i] = adapter.labels[k]
+    return labels
+
+
+def run_merged(model, tokenizer, texts, max_length, batch_size):
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt")
+            out += model(**batch).logits.argmax(-1).tolist()
+    return out
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    ordered = sorted(ms)
+    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
+    return {"p50_ms": round(pick(0.50), 2), "p95_ms": round(pick(0.95), 2), "n": len(ms)}
+
+
+def latency_http(cfg: PipelineConfig, items, samples: int) -> dict[str, float]:
+    """Batch-1 latency over HTTP: a real `lora-pipeline serve` process, this process as the client."""
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    overrides = [f"runtime.project_dir={cfg.project_dir}", "api.poll_interval_s=0", f"api.port={port}"]
+    server = subprocess.Popen([sys.executable, "-m", "lora_pipeline.cli", "serve",
+                               *[x for o in overrides for x in ("--set", o)]],
+                              cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.get("/health").json()["domains"] > 0:
+                        break
+                except httpx.TransportError:
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"`lora-pipeline serve` did not come up (exit code {server.poll()})")
+                time.sleep(0.2)
+            timings = []
+            for i in range(samples + 3):
+                domain, text = items[i % len(items)]
+                t0 = time.perf_counter()
+                response = client.post("/predict", json={"domain": domain, "texts": [text]})
+                elapsed = (time.perf_counter() - t0) * 1000
+                response.raise_for_status()
+                if i >= 3:  # the first requests start the batcher and warm the connection
+                    timings.append(elapsed)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {**percentiles(timings), "batch_wait_ms": cfg.api.batch_wait_ms}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--project", type=Path, default=REPO_ROOT / "benchmarks" / ".work" / "serving",
+                        help="project whose champions are served (trained tiny if it has none)")
+    parser.add_argument("--texts", type=int, default=512, help="texts in the mixed-domain stream")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median reported)")
+    parser.add_argument("--latency-samples", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    args.project.mkdir(parents=True, exist_ok=True)
+    cfg = bench_config(args.project.resolve())
+    apply_runtime_env(cfg)
+    ensure_champions(cfg)
+
+    import torch
+
+    from lora_pipeline.adapters import load_adapter
+    from lora_pipeline.serving import ChampionService
+
+    service = ChampionService(cfg)
+    service.reload()
+    domains = sorted(service.served)
+    items = workload(cfg, domains, args.texts)
+    n, bs = len(items), args.batch_size
+    print(f"serving {domains} on {cfg.base.name}; {n} texts, batch {bs}, torch threads {torch.get_num_threads()}",
+          flush=True)
+
+    mixed_s, mixed_runs, mixed_labels = timed(lambda: run_mixed(service, items, bs), args.repeats)
+    switch_s, switch_runs, switch_labels = timed(lambda: run_switching(service, items, bs), args.repeats)
+    service.pool.model.set_adapter(service.pool.idle)  # back to the pool's own idle adapter
+
+    first = service.served[domains[0]]
+    merged = load_adapter(service.fetch_adapter(first.model_name, first.version))
+    merged_model = merged.model.merge_and_unload().eval()
+    texts = [t for _, t in items]
+    merged_s, merged_runs, _ = timed(
+        lambda: run_merged(merged_model, merged.tokenizer, texts, merged.meta.max_length, bs), args.repeats)
+
+    pool_ms = []
+    for domain, text in items[: args.latency_samples]:
+        t0 = time.perf_counter()
+        service.predict([(domain, text)])
+        pool_ms.append((time.perf_counter() - t0) * 1000)
+
+    result = {
+        "benchmark": "serving",
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "device": "cpu"},
+        "setup": {"base_model": cfg.base.name, "domains": domains, "texts": n, "batch_size": bs,
+                  "repeats": args.repeats, "max_length": cfg.base.max_length, "project": str(cfg.project_dir)},
+        "throughput_texts_per_s": {
+            "mixed_adapters_one_forward": round(n / mixed_s, 1),
+            "switch_adapter_per_domain": round(n / switch_s, 1),
+            "single_merged_model": round(n / merged_s, 1),
+        },
+        "seconds_per_run": {"mixed": [round(x, 3) for x in mixed_runs], "switching": [round(x, 3) for x in switch_runs],
+                            "merged": [round(x, 3) for x in merged_runs]},
+        "ratios": {
+            "mixed_over_merged": round(merged_s / mixed_s, 3),
+            "mixed_over_switching": round(switch_s / mixed_s, 3),
+        },
+        "mixed_and_switching_agree": mixed_labels == switch_labels,
+        "latency_batch1": {"pool": percentiles(pool_ms),
+                           "http": latency_http(cfg, items, args.latency_samples)},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

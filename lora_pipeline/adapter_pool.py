@@ -1,0 +1,150 @@
+"""One frozen base in memory, many named LoRA adapters, and mixed-adapter forward passes.
+
+A batch may hold texts for different adapters: peft routes each row through its own adapter
+(``adapter_names=[...]``), so nothing switches a global "active adapter" between requests (which two
+concurrent requests would race on). Adapters are added and removed while serving; a lock keeps those
+changes out of a running forward pass.
+
+Each adapter brings its own classification head (``modules_to_save``), but a head's width is fixed when
+the base is built. The base head is built ``max_labels`` wide and every adapter's head is zero-padded to
+that width; a row's logits are cut back to its adapter's labels before the softmax, so the
+probabilities are the ones the adapter alone computes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
+from peft.utils import ModulesToSaveWrapper, load_peft_weights, set_peft_model_state_dict
+
+from lora_pipeline.adapters import AdapterMeta
+from lora_pipeline.base_models import load_classifier_base, load_tokenizer
+from lora_pipeline.config import LoraSettings
+from lora_pipeline.errors import AdapterLoadError
+
+# The pool's own adapter: always present and active, so removing a served adapter never leaves peft
+# without an active one. Rows are never routed to it.
+IDLE = "__idle__"
+# Head module names of transformers' sequence classifiers (BERT: classifier, decoder-only LMs: score).
+_HEAD_NAMES = ("classifier", "score")
+# Module types peft can route per row in a mixed batch.
+_MIXABLE = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    adapter: str  # a name given to :meth:`AdapterPool.add`
+    text: str
+
+
+class AdapterPool:
+    def __init__(self, base_model: str, lora: LoraSettings, max_labels: int = 16):
+        self.base_model = base_model
+        self.max_labels = max_labels
+        self.tokenizer = load_tokenizer(base_model)
+        base = load_classifier_base(base_model, [f"slot{i}" for i in range(max_labels)])
+        idle = LoraConfig(task_type=TaskType.SEQ_CLS, r=1, target_modules=list(lora.target_modules),
+                          modules_to_save=list(lora.modules_to_save))
+        self.model: PeftModel = get_peft_model(base, idle, adapter_name=IDLE).eval()
+        self.meta: dict[str, AdapterMeta] = {}
+        self.idle = IDLE
+        self.lock = threading.RLock()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.meta)
+
+    def add(self, name: str, adapter_dir: str | Path) -> AdapterMeta:
+        """Load a saved adapter (safetensors) under ``name``; the pool is unchanged if it fails."""
+        adapter_dir = Path(adapter_dir)
+        meta = AdapterMeta.load(adapter_dir)
+        if meta.base_model != self.base_model:
+            raise AdapterLoadError(f"{adapter_dir}: trained on base '{meta.base_model}', this pool serves '{self.base_model}'")
+        if len(meta.labels) > self.max_labels:
+            raise AdapterLoadError(f"{adapter_dir}: {len(meta.labels)} labels, more than api.max_labels={self.max_labels}")
+        config = PeftConfig.from_pretrained(str(adapter_dir))
+        weights = _pad_head(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
+        with self.lock:
+            if name in self.meta:
+                raise AdapterLoadError(f"adapter name '{name}' is already in the pool")
+            self.model.add_adapter(name, config)
+            try:
+                result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
+                missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
+                if result.unexpected_keys or missing:
+                    raise AdapterLoadError(f"{adapter_dir}: weights do not fit the base "
+                                           f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
+                self._check_mixable(name, adapter_dir)
+            except Exception:
+                self.model.delete_adapter(name)
+                raise
+            self.model.eval()
+            self.meta[name] = meta
+        return meta
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            self.meta.pop(name)
+            self.model.delete_adapter(name)
+
+    def _check_mixable(self, name: str, adapter_dir: Path) -> None:
+        """Every fully-trained module must be routable per row, and held by the pool's adapter and this one
+        alike; otherwise peft would silently run the base module for some rows."""
+        for module_name, module in self.model.named_modules():
+            if not isinstance(module, ModulesToSaveWrapper):
+                continue
+            if not isinstance(module.original_module, _MIXABLE):
+                raise AdapterLoadError(
+                    f"{adapter_dir}: modules_to_save '{module_name}' is a {type(module.original_module).__name__}; "
+                    "mixed-adapter batches need Linear modules (e.g. 'pooler.dense', not 'pooler'): retrain it"
+                )
+            if not {IDLE, name} <= set(module.modules_to_save):
+                raise AdapterLoadError(f"{adapter_dir}: its modules_to_save differ from lora.modules_to_save "
+                                       f"of this server (at '{module_name}')")
+
+    @torch.inference_mode()
+    def predict_proba(self, requests: list[PoolRequest], batch_size: int = 32) -> list[np.ndarray]:
+        """Per request, the probabilities over its adapter's labels; rows of any adapters share each forward."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start : start + batch_size]
+            with self.lock:  # adapters can neither vanish nor appear during the forward pass
+                metas = [self._meta_for(r.adapter) for r in chunk]
+                batch = self.encode([r.text for r in chunk], [m.max_length for m in metas])
+                logits = self.model(**batch, adapter_names=[r.adapter for r in chunk]).logits.float()
+            for row, meta in zip(logits, metas):
+                out.append(torch.softmax(row[: len(meta.labels)], dim=-1).numpy())
+        return out
+
+    def _meta_for(self, name: str) -> AdapterMeta:
+        try:
+            return self.meta[name]
+        except KeyError:
+            raise KeyError(f"adapter '{name}' is not in the pool (loaded: {', '.join(self.meta) or 'none'})") from None
+
+    def encode(self, texts: list[str], max_lengths: list[int]) -> dict[str, torch.Tensor]:
+        """Truncate each text at its own adapter's max_length (as in training), then pad the batch."""
+        features: list[dict] = [{}] * len(texts)
+        for max_length in set(max_lengths):
+            rows = [i for i, m in enumerate(max_lengths) if m == max_length]
+            encoded = self.tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length)
+            for j, i in enumerate(rows):
+                features[i] = {key: values[j] for key, values in encoded.items()}
+        return self.tokenizer.pad(features, return_tensors="pt")
+
+
+def _pad_head(weights: dict[str, torch.Tensor], n_labels: int, width: int) -> dict[str, torch.Tensor]:
+    """Zero-pad the head's weight/bias rows from ``n_labels`` to ``width`` (the extra logits are cut off)."""
+    padded = dict(weights)
+    for key, tensor in weights.items():
+        module_path = key.rsplit(".", 1)[0]
+        if module_path.rsplit(".", 1)[-1] in _HEAD_NAMES and tensor.shape[0] == n_labels:
+            grown = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype)
+            grown[:n_labels] = tensor
+            padded[key] = grown
+    return padded

@@ -1,0 +1,212 @@
+"""The prediction service behind `lora-pipeline serve` and `lora-pipeline predict`.
+
+The ``@champion`` version of every domain of the configured dataset is downloaded from the MLflow
+registry (adapter folders only, ~1 MB each) and loaded into one :class:`AdapterPool` over one base.
+:meth:`ChampionService.reload` picks up new champions without a restart: the new version is loaded
+next to the old one and swapped in only once it loaded, so a version that fails to load leaves the
+previous one serving, and the failure is reported by :meth:`ChampionService.adapters`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.models import Model
+
+from lora_pipeline.adapter_pool import AdapterPool, PoolRequest
+from lora_pipeline.catalog import MANAGED_TAG
+from lora_pipeline.config import PipelineConfig
+from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
+from lora_pipeline.promotion import CHAMPION
+
+# Run metrics shown next to each served adapter in GET /adapters.
+SHOWN_METRICS = ("adapter_macro_f1", "adapter_accuracy", "base_macro_f1", "tfidf_macro_f1",
+                 "adapter_size_bytes", "train_seconds")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    domain: str
+    model_name: str
+    version: str
+    labels: list[str]
+    metrics: dict[str, float]
+    slot: str  # its name inside the pool
+    loaded_at: str
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    model_name: str
+    version: str
+    error: str
+    at: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    domain: str
+    label: str
+    probabilities: dict[str, float]
+    model_name: str
+    model_version: str
+
+
+@dataclass
+class ReloadReport:
+    loaded: list[str] = field(default_factory=list)  # "vader-amazon v3"
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "vader-amazon v4: <error>"
+    removed: list[str] = field(default_factory=list)  # domains whose champion alias was removed
+
+
+class ChampionService:
+    def __init__(self, cfg: PipelineConfig, client: MlflowClient | None = None):
+        self.cfg = cfg
+        self.client = client or MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+        self.pool = AdapterPool(cfg.base.name, cfg.lora, cfg.api.max_labels)
+        # Replaced whole on every change (never mutated), so readers can take a consistent snapshot.
+        self.served: dict[str, ServedAdapter] = {}
+        self.failures: dict[str, LoadFailure] = {}
+        self.last_reload_at: str | None = None
+        self._reload_lock = threading.Lock()
+        self._slots = itertools.count()
+        self._download_root = cfg.work_dir / "serving"
+
+    # -- registry -> pool -------------------------------------------------------------------------
+    def champions(self) -> dict[str, tuple[str, str]]:
+        """domain -> (registered model, champion version), for this config's dataset."""
+        found = {}
+        for model in self.client.search_registered_models(order_by=["name ASC"]):
+            tags = model.tags
+            if tags.get(MANAGED_TAG[0]) != MANAGED_TAG[1] or tags.get("dataset") != self.cfg.data.name:
+                continue
+            if CHAMPION in model.aliases:
+                found[tags["domain"]] = (model.name, str(model.aliases[CHAMPION]))
+        return found
+
+    def reload(self, domains: list[str] | None = None) -> ReloadReport:
+        """Bring the pool in line with the registry's champions (only ``domains`` when given)."""
+        report = ReloadReport()
+        with self._reload_lock:
+            champions = self.champions()
+            wanted = set(domains) if domains else set(champions) | set(self.served)
+            for domain in sorted(wanted):
+                current = self.served.get(domain)
+                if domain not in champions:
+                    if current is not None:
+                        self._swap(domain, None)
+                        report.removed.append(domain)
+                    continue
+                name, version = champions[domain]
+                if current is not None and current.version == version:
+                    report.unchanged.append(f"{name} v{version}")
+                    continue
+                try:
+                    self._swap(domain, self._load(domain, name, version))
+                except Exception as exc:  # keep serving the previous version; say why in /adapters
+                    error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    self.failures = {**self.failures, domain: LoadFailure(name, version, error, _now())}
+                    report.failed.append(f"{name} v{version}: {error}")
+                    continue
+                report.loaded.append(f"{name} v{version}")
+            self.last_reload_at = _now()
+        return report
+
+    def _swap(self, domain: str, new: ServedAdapter | None) -> None:
+        old = self.served.get(domain)
+        served = {k: v for k, v in self.served.items() if k != domain}
+        if new is not None:
+            served[domain] = new
+        # Under the pool lock, no prediction holds a snapshot that still routes rows to the old slot.
+        with self.pool.lock:
+            self.served = served
+            if old is not None:
+                self.pool.remove(old.slot)
+        self.failures = {k: v for k, v in self.failures.items() if k != domain}
+
+    def _load(self, domain: str, name: str, version: str) -> ServedAdapter:
+        model_version = self.client.get_model_version(name, version)
+        adapter_dir = self.fetch_adapter(name, version)
+        slot = f"slot{next(self._slots)}"
+        meta = self.pool.add(slot, adapter_dir)
+        metrics = self.client.get_run(model_version.run_id).data.metrics if model_version.run_id else {}
+        return ServedAdapter(domain=domain, model_name=name, version=version, labels=list(meta.labels),
+                             metrics={k: metrics[k] for k in SHOWN_METRICS if k in metrics}, slot=slot,
+                             loaded_at=_now())
+
+    def fetch_adapter(self, name: str, version: str) -> Path:
+        """The version's adapter folder, downloaded once into work_dir/serving/<name>/v<version>."""
+        target = self._download_root / name / f"v{version}"
+        if not (target / "MLmodel").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=target.parent))
+            try:
+                uri = self.client.get_model_version_download_uri(name, version)
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging),
+                                                            tracking_uri=self.cfg.tracking_uri)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(local, target)  # all or nothing: a half download is never reused
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        artifacts = Model.load(str(target)).flavors.get("python_function", {}).get("artifacts", {})
+        if "adapter" not in artifacts:
+            raise AdapterLoadError(f"{name} v{version}: the model has no 'adapter' artifact (not logged by lora-pipeline?)")
+        return target / artifacts["adapter"]["path"]
+
+    # -- prediction -------------------------------------------------------------------------------
+    def check_domains(self, domains: list[str]) -> None:
+        unknown = sorted(set(domains) - set(self.served))
+        if unknown:
+            raise UnknownDomainError(f"unknown domain '{unknown[0]}' (served: {', '.join(sorted(self.served)) or 'none'})")
+
+    def predict(self, items: list[tuple[str, str]]) -> list[Prediction]:
+        """(domain, text) pairs -> predictions, in order; any mix of domains shares each forward pass."""
+        with self.pool.lock:  # the snapshot's slots stay in the pool until this forward is done
+            served = self.served
+            self.check_domains([domain for domain, _ in items])
+            requests = [PoolRequest(served[domain].slot, text) for domain, text in items]
+            probs = self.pool.predict_proba(requests, batch_size=self.cfg.api.max_batch_size)
+        out = []
+        for (domain, _), p in zip(items, probs):
+            adapter = served[domain]
+            out.append(Prediction(domain=domain, label=adapter.labels[int(p.argmax())],
+                                  probabilities={label: float(x) for label, x in zip(adapter.labels, p)},
+                                  model_name=adapter.model_name, model_version=adapter.version))
+        return out
+
+    def adapters(self) -> list[dict]:
+        """Every domain served or failed: version, labels, metrics, and the last load error if any."""
+        served, failures = self.served, self.failures
+        rows = []
+        for domain in sorted(set(served) | set(failures)):
+            row: dict = {"domain": domain, "model": None, "version": None, "labels": [], "metrics": {},
+                         "loaded_at": None, "error": None}
+            if domain in served:
+                adapter = served[domain]
+                row.update(model=adapter.model_name, version=adapter.version, labels=adapter.labels,
+                           metrics=adapter.metrics, loaded_at=adapter.loaded_at)
+            if domain in failures:
+                failure = failures[domain]
+                row.update(model=row["model"] or failure.model_name,
+                           error={"version": failure.version, "message": failure.error, "at": failure.at})
+            rows.append(row)
+        return rows
+
+    def report(self) -> dict:
+        return {"base_model": self.cfg.base.name, "last_reload_at": self.last_reload_at,
+                "adapters": self.adapters()}
+
