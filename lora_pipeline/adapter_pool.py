@@ -67,6 +67,8 @@ class AdapterPool:
             raise AdapterLoadError(f"{adapter_dir}: trained on base '{meta.base_model}', this pool serves '{self.base_model}'")
         if len(meta.labels) > self.max_labels:
             raise AdapterLoadError(f"{adapter_dir}: {len(meta.labels)} labels, more than api.max_labels={self.max_labels}")
+        if not (adapter_dir / "adapter_model.safetensors").is_file():  # never unpickle a .bin from a registry
+            raise AdapterLoadError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors weights are loaded)")
         config = PeftConfig.from_pretrained(str(adapter_dir))
         weights = _pad_head(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
         with self.lock:

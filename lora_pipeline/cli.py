@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     _require_store(cfg)
     print(f"serving the champions of {cfg.tracking_uri} on http://{cfg.api.host}:{cfg.api.port} (docs: /docs)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")  # loads, reloads
     uvicorn.run(create_app(cfg), host=cfg.api.host, port=cfg.api.port, log_level="info")
     return 0
 
