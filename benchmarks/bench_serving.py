@@ -69,15 +69,18 @@ def workload(cfg: PipelineConfig, domains: list[str], n: int, seed: int = 0) -> 
     return [(d, rng.choice(by_domain[d])) for d in (rng.choice(domains) for _ in range(n))]
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float], object]:
-    """Median seconds over ``repeats`` runs (after one warm-up), all runs, and the last result."""
-    result = fn()
-    runs = []
+def timed_interleaved(modes: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds per run of each mode, after one warm-up each. The modes take turns within every repeat,
+    so a slow spell of a shared machine hits all of them alike instead of biasing one."""
+    for fn in modes.values():
+        fn()
+    runs: dict[str, list[float]] = {name: [] for name in modes}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs), runs, result
+        for name, fn in modes.items():
+            t0 = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - t0)
+    return runs
 
 
 def run_mixed(service, items, batch_size):
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="project whose champions are served (trained tiny if it has none)")
     parser.add_argument("--texts", type=int, default=512, help="texts in the mixed-domain stream")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per mode (median reported)")
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -194,16 +197,24 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"serving {domains} on {cfg.base.name}; {n} texts, batch {bs}, torch threads {torch.get_num_threads()}",
           flush=True)
 
-    mixed_s, mixed_runs, mixed_labels = timed(lambda: run_mixed(service, items, bs), args.repeats)
-    switch_s, switch_runs, switch_labels = timed(lambda: run_switching(service, items, bs), args.repeats)
-    service.pool.model.set_adapter(service.pool.idle)  # back to the pool's own idle adapter
-
     first = service.served[domains[0]]
     merged = load_adapter(service.fetch_adapter(first.model_name, first.version))
     merged_model = merged.model.merge_and_unload().eval()
     texts = [t for _, t in items]
-    merged_s, merged_runs, _ = timed(
-        lambda: run_merged(merged_model, merged.tokenizer, texts, merged.meta.max_length, bs), args.repeats)
+
+    def switching():
+        try:
+            return run_switching(service, items, bs)
+        finally:
+            service.pool.model.set_adapter(service.pool.idle)  # the pool's own idle adapter again
+
+    runs = timed_interleaved({
+        "mixed": lambda: run_mixed(service, items, bs),
+        "switching": switching,
+        "merged": lambda: run_merged(merged_model, merged.tokenizer, texts, merged.meta.max_length, bs),
+    }, args.repeats)
+    mixed_s, switch_s, merged_s = (statistics.median(runs[m]) for m in ("mixed", "switching", "merged"))
+    agree = run_mixed(service, items, bs) == switching()
 
     pool_ms = []
     for domain, text in items[: args.latency_samples]:
@@ -224,13 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
             "switch_adapter_per_domain": round(n / switch_s, 1),
             "single_merged_model": round(n / merged_s, 1),
         },
-        "seconds_per_run": {"mixed": [round(x, 3) for x in mixed_runs], "switching": [round(x, 3) for x in switch_runs],
-                            "merged": [round(x, 3) for x in merged_runs]},
+        "seconds_per_run": {mode: [round(x, 3) for x in seconds] for mode, seconds in runs.items()},
         "ratios": {
             "mixed_over_merged": round(merged_s / mixed_s, 3),
             "mixed_over_switching": round(switch_s / mixed_s, 3),
         },
-        "mixed_and_switching_agree": mixed_labels == switch_labels,
+        "mixed_and_switching_agree": agree,  # the same labels either way (a correctness check)
         "latency_batch1": {"pool": percentiles(pool_ms),
                            "http": latency_http(cfg, items, args.latency_samples)},
     }
