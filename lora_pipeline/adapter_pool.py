@@ -25,7 +25,7 @@ from peft.utils import ModulesToSaveWrapper, load_peft_weights, set_peft_model_s
 from lora_pipeline.adapters import AdapterMeta
 from lora_pipeline.base_models import load_classifier_base, load_tokenizer
 from lora_pipeline.config import LoraSettings
-from lora_pipeline.errors import AdapterLoadError
+from lora_pipeline.errors import AdapterLoadError, ConfigError
 
 # The pool's own adapter: always present and active, so removing a served adapter never leaves peft
 # without an active one. Rows are never routed to it.
@@ -46,11 +46,18 @@ class AdapterPool:
     def __init__(self, base_model: str, lora: LoraSettings, max_labels: int = 16):
         self.base_model = base_model
         self.max_labels = max_labels
+        # Fully-trained modules besides the head; every adapter must train the same ones (see add()).
+        self.modules_to_save = sorted(set(lora.modules_to_save) - set(_HEAD_NAMES))
         self.tokenizer = load_tokenizer(base_model)
         base = load_classifier_base(base_model, [f"slot{i}" for i in range(max_labels)])
         idle = LoraConfig(task_type=TaskType.SEQ_CLS, r=1, target_modules=list(lora.target_modules),
                           modules_to_save=list(lora.modules_to_save))
         self.model: PeftModel = get_peft_model(base, idle, adapter_name=IDLE).eval()
+        for module_name, module in self.model.named_modules():
+            if isinstance(module, ModulesToSaveWrapper) and not isinstance(module.original_module, _MIXABLE):
+                raise ConfigError(
+                    f"lora.modules_to_save: '{module_name}' is a {type(module.original_module).__name__}; peft mixes "
+                    "adapters per row only in Linear/Embedding/Conv modules (e.g. 'pooler.dense', not 'pooler')")
         self.meta: dict[str, AdapterMeta] = {}
         self.idle = IDLE
         self.lock = threading.RLock()
@@ -70,20 +77,26 @@ class AdapterPool:
         if not (adapter_dir / "adapter_model.safetensors").is_file():  # never unpickle a .bin from a registry
             raise AdapterLoadError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors weights are loaded)")
         config = PeftConfig.from_pretrained(str(adapter_dir))
+        # peft routes a row through a fully-trained module only if every adapter has its own copy of it;
+        # otherwise some rows would silently run the base module.
+        trained = sorted(set(config.modules_to_save or []) - set(_HEAD_NAMES))
+        if trained != self.modules_to_save:
+            raise AdapterLoadError(f"{adapter_dir}: modules_to_save {trained} differ from this server's "
+                                   f"lora.modules_to_save {self.modules_to_save}; retrain it with the server's config")
         weights = _pad_head(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
         with self.lock:
             if name in self.meta:
                 raise AdapterLoadError(f"adapter name '{name}' is already in the pool")
-            self.model.add_adapter(name, config)
             try:
+                self.model.add_adapter(name, config)
                 result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
                 missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
                 if result.unexpected_keys or missing:
                     raise AdapterLoadError(f"{adapter_dir}: weights do not fit the base "
                                            f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
-                self._check_mixable(name, adapter_dir)
             except Exception:
-                self.model.delete_adapter(name)
+                if name in self.model.peft_config:
+                    self.model.delete_adapter(name)
                 raise
             self.model.eval()
             self.meta[name] = meta
@@ -93,21 +106,6 @@ class AdapterPool:
         with self.lock:
             self.meta.pop(name)
             self.model.delete_adapter(name)
-
-    def _check_mixable(self, name: str, adapter_dir: Path) -> None:
-        """Every fully-trained module must be routable per row, and held by the pool's adapter and this one
-        alike; otherwise peft would silently run the base module for some rows."""
-        for module_name, module in self.model.named_modules():
-            if not isinstance(module, ModulesToSaveWrapper):
-                continue
-            if not isinstance(module.original_module, _MIXABLE):
-                raise AdapterLoadError(
-                    f"{adapter_dir}: modules_to_save '{module_name}' is a {type(module.original_module).__name__}; "
-                    "mixed-adapter batches need Linear modules (e.g. 'pooler.dense', not 'pooler'): retrain it"
-                )
-            if not {IDLE, name} <= set(module.modules_to_save):
-                raise AdapterLoadError(f"{adapter_dir}: its modules_to_save differ from lora.modules_to_save "
-                                       f"of this server (at '{module_name}')")
 
     @torch.inference_mode()
     def predict_proba(self, requests: list[PoolRequest], batch_size: int = 32) -> list[np.ndarray]:

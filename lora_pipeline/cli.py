@@ -126,11 +126,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from lora_pipeline.api import create_app
 
+    from lora_pipeline.serving import ChampionService
+
     cfg = _config_from_args(args)
     _require_store(cfg)
-    print(f"serving the champions of {cfg.tracking_uri} on http://{cfg.api.host}:{cfg.api.port} (docs: /docs)")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")  # loads, reloads
-    uvicorn.run(create_app(cfg), host=cfg.api.host, port=cfg.api.port, log_level="info")
+    service = ChampionService(cfg)  # loaded before binding, so a bad config is one line, not a traceback
+    report = service.reload()
+    print(f"loaded: {', '.join(report.loaded) or 'no champions yet'}" + "".join(f"\nFAILED: {f}" for f in report.failed))
+    print(f"serving on http://{cfg.api.host}:{cfg.api.port} (docs: /docs); registry {cfg.tracking_uri}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")  # reloads
+    uvicorn.run(create_app(cfg, service), host=cfg.api.host, port=cfg.api.port, log_level="info")
     return 0
 
 

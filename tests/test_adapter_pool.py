@@ -1,0 +1,103 @@
+"""AdapterPool on the real MiniLM base with untrained (randomised) adapters: mixed-adapter batches give
+each row exactly what its adapter alone gives, whatever its label count; unusable adapters are refused
+with the reason and leave the pool as it was."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lora_pipeline.adapter_pool import AdapterPool, PoolRequest
+from lora_pipeline.adapters import AdapterMeta, build_lora_model, load_adapter, save_adapter
+from lora_pipeline.config import LoraSettings
+from lora_pipeline.errors import AdapterLoadError, ConfigError
+
+BASE = "all-minilm-l6-v2"
+LORA = LoraSettings(modules_to_save=["classifier", "pooler.dense"])
+TEXTS = ["Great value, works as described.", "Terrible.", "The committee met on Tuesday to discuss the budget.",
+         "meh", "I can't believe how good this turned out to be, honestly the best purchase of the year!"]
+
+
+def _adapter(root: Path, name: str, labels: list[str], seed: int, lora: LoraSettings = LORA) -> Path:
+    """An adapter with random LoRA B matrices and head (untrained, but far from the base)."""
+    torch.manual_seed(seed)
+    model = build_lora_model(BASE, labels, lora)
+    for param_name, param in model.named_parameters():
+        if "lora_B" in param_name:
+            torch.nn.init.normal_(param, std=0.05)
+    return save_adapter(model, AdapterMeta(name, labels, BASE, 64), root / name)
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {"two": _adapter(root, "two", ["no", "yes"], 1),
+            "five": _adapter(root, "five", [f"c{i}" for i in range(5)], 2),
+            "three": _adapter(root, "three", ["negative", "neutral", "positive"], 3)}
+
+
+@pytest.fixture(scope="module")
+def pool(adapters) -> AdapterPool:
+    pool = AdapterPool(BASE, LORA, max_labels=8)
+    for name, path in adapters.items():
+        pool.add(name, path)
+    return pool
+
+
+def test_mixed_batch_rows_equal_each_adapter_alone(pool, adapters):
+    requests = [PoolRequest(name, text) for text in TEXTS for name in ("two", "five", "three")]
+    mixed = pool.predict_proba(requests, batch_size=len(requests))  # one forward pass for all of them
+    for name, path in adapters.items():
+        alone = load_adapter(path).predict_proba(TEXTS)
+        got = np.stack([p for r, p in zip(requests, mixed) if r.adapter == name])
+        assert got.shape == alone.shape  # cut back to the adapter's own labels
+        np.testing.assert_allclose(got, alone, atol=1e-5)
+    assert len({tuple(np.round(p, 3)) for p in mixed[:3]}) == 3  # the adapters really differ
+
+
+def test_removed_adapter_is_gone_and_others_unaffected(pool, adapters):
+    before = pool.predict_proba([PoolRequest("two", TEXTS[0])])[0]
+    pool.add("extra", adapters["five"])
+    pool.remove("extra")
+    assert "extra" not in pool.names and "extra" not in pool.model.peft_config
+    with pytest.raises(KeyError, match="extra"):
+        pool.predict_proba([PoolRequest("extra", TEXTS[0])])
+    np.testing.assert_allclose(pool.predict_proba([PoolRequest("two", TEXTS[0])])[0], before, atol=1e-6)
+
+
+def _edit_meta(path: Path, **changes) -> None:
+    meta_file = path / "adapter_meta.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("break_it, says", [
+    (lambda p: _edit_meta(p, base_model="gemma-3-270m"), "trained on base 'gemma-3-270m'"),
+    (lambda p: _edit_meta(p, labels=[f"l{i}" for i in range(9)]), "more than api.max_labels=8"),
+    (lambda p: (p / "adapter_model.safetensors").unlink(), "no adapter_model.safetensors"),
+    (lambda p: (p / "adapter_model.safetensors").write_bytes(b"\0" * 64), ""),  # corrupt: the library's error
+    (lambda p: shutil.rmtree(p) or _adapter(p.parent, p.name, ["a", "b", "c"], 4,
+                                           LoraSettings(modules_to_save=["classifier", "pooler"])),
+     "modules_to_save ['pooler'] differ"),
+])
+def test_unusable_adapters_are_refused_and_the_pool_is_unchanged(pool, adapters, tmp_path, break_it, says):
+    broken = tmp_path / "broken"
+    shutil.copytree(adapters["three"], broken)
+    break_it(broken)
+    names, configs = list(pool.names), list(pool.model.peft_config)
+    with pytest.raises(Exception, match=re.escape(says)) as raised:
+        pool.add("broken", broken)
+    if says:
+        assert raised.type is AdapterLoadError
+    assert pool.names == names and list(pool.model.peft_config) == configs
+    assert pool.predict_proba([PoolRequest("three", TEXTS[0])])[0].shape == (3,)
+
+
+def test_a_pool_whose_own_modules_cannot_be_mixed_is_a_config_error():
+    with pytest.raises(ConfigError, match=re.escape("'pooler.dense', not 'pooler'")):
+        AdapterPool(BASE, LoraSettings(modules_to_save=["classifier", "pooler"]))
