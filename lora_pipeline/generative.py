@@ -1,0 +1,147 @@
+"""Generative mode: classification with a causal LM, by prompting and scoring each label's continuation.
+
+The prompt always lists the domain's labels. A prediction never parses generated text: every label is
+scored as a continuation of the prompt, log P(" label" | prompt) summed over its tokens, and a softmax
+over the labels gives probabilities, just as the encoder's head does. The same scorer serves the
+zero-shot baseline (the bare base), the few-shot baseline (k labelled train examples in the prompt) and
+the LoRA adapter, which is trained with the loss on the answer tokens only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE = -100  # label id the loss skips (prompt and padding tokens)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    instruction: str  # may contain {labels}
+    labels: list[str]
+    max_text_tokens: int
+    chat: bool = True  # wrap the request in the tokenizer's chat template, when it has one
+
+    def request(self, text: str, examples: list[tuple[str, str]] = ()) -> str:
+        shots = "".join(f"Text: {t}\nLabel: {label}\n\n" for t, label in examples)
+        return f"{self.instruction.format(labels=', '.join(self.labels))}\n\n{shots}Text: {text}"
+
+    @staticmethod
+    def answer(label: str) -> str:
+        return f" {label}"
+
+
+def _truncate(tokenizer, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
+def build_prompt(tokenizer, fmt: PromptFormat, text: str, examples: list[tuple[str, str]] = ()) -> str:
+    """The request (instruction listing the labels, examples, text), ending where the label is due."""
+    cut = fmt.max_text_tokens
+    request = fmt.request(_truncate(tokenizer, text, cut), [(_truncate(tokenizer, t, cut), lab) for t, lab in examples])
+    if fmt.chat and tokenizer.chat_template:  # an instruct model follows its own turn format far better
+        # (SmolLM2 zero-shot on amazon: macro-F1 0.41 in its chat format, 0.28 as plain text)
+        return tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False,
+                                             add_generation_prompt=True) + "Label:"
+    return request + "\nLabel:"
+
+
+def pick_examples(texts: list[str], labels: list[str], k: int, seed: int) -> list[tuple[str, str]]:
+    """k train examples, labels taken in turn so every label shows up when k >= the number of labels."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[str]] = {}
+    for text, label in zip(texts, labels):
+        by_label.setdefault(label, []).append(text)
+    order = sorted(by_label)
+    picked = [(rng.choice(by_label[order[i % len(order)]]), order[i % len(order)]) for i in range(k)]
+    rng.shuffle(picked)
+    return picked
+
+
+def training_example(tokenizer, prompt: str, label: str) -> dict[str, list[int]]:
+    """Prompt + answer + EOS; the loss sees only the answer and EOS."""
+    prompt_ids = tokenizer(prompt).input_ids
+    answer_ids = tokenizer(PromptFormat.answer(label), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return {"input_ids": prompt_ids + answer_ids, "attention_mask": [1] * (len(prompt_ids) + len(answer_ids)),
+            "labels": [IGNORE] * len(prompt_ids) + answer_ids}
+
+
+@torch.inference_mode()
+def score_labels(model, tokenizer, prompts: list[str], labels_per_prompt: list[list[str]],
+                 adapter_names: list[str] | None = None, batch_size: int = 8) -> list[np.ndarray]:
+    """For each prompt, the softmax over its labels of log P(" label" | prompt).
+
+    Each prompt is one row ending with its longest answer; rows are left-padded so every answer ends at
+    the last position, and the LM head runs only on the last few positions (``logits_to_keep``): the
+    vocabulary projection is most of the cost of a small LM. A label's score is the sum of its tokens'
+    log-probabilities, read at each token's position. ``adapter_names`` (one per prompt) routes each row
+    through its own adapter (peft mixed batches; "__base__" for none).
+    """
+    out: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch_size):
+        idx = range(start, min(start + batch_size, len(prompts)))
+        rows, answers = [], []
+        for i in idx:
+            prompt_ids = tokenizer(prompts[i]).input_ids
+            ids = [tokenizer(PromptFormat.answer(label), add_special_tokens=False).input_ids
+                   for label in labels_per_prompt[i]]
+            answers.append(ids)
+            rows.append((prompt_ids, ids))
+        seqs, owners = [], []
+        if all(len(a) == 1 for _, ids in rows for a in ids):  # one row per prompt reads every label's token
+            for r, (prompt_ids, ids) in enumerate(rows):
+                seqs.append(prompt_ids)
+                owners.append((r, [a[0] for a in ids]))
+            scores = _next_token_logprobs(model, tokenizer, seqs, owners, adapter_names, list(idx))
+        else:  # one row per (prompt, label), all ending at the last position
+            for r, (prompt_ids, ids) in enumerate(rows):
+                for a in ids:
+                    seqs.append(prompt_ids + a)
+                    owners.append((r, len(a)))
+            scores = _answer_logprobs(model, tokenizer, seqs, owners, adapter_names, list(idx))
+        k = 0
+        for r in range(len(rows)):
+            n = len(answers[r])
+            out.append(torch.softmax(torch.tensor(scores[k : k + n]), dim=0).numpy())
+            k += n
+    return out
+
+
+def _left_padded(tokenizer, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the positions
+    return input_ids, attention, positions
+
+
+def _next_token_logprobs(model, tokenizer, seqs, owners, adapter_names, prompt_index) -> list[float]:
+    """Single-token labels: log P(label token | prompt) for each label, one row per prompt."""
+    input_ids, attention, positions = _left_padded(tokenizer, seqs)
+    kwargs = {"adapter_names": [adapter_names[prompt_index[r]] for r, _ in owners]} if adapter_names else {}
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1,
+                   **kwargs).logits.float()
+    logprobs = torch.log_softmax(logits[:, -1], dim=-1)
+    return [logprobs[row, token].item() for row, (_, tokens) in enumerate(owners) for token in tokens]
+
+
+def _answer_logprobs(model, tokenizer, seqs, owners, adapter_names, prompt_index) -> list[float]:
+    """Sum of log-probs of each sequence's last ``length`` tokens, seqs left-padded to one width."""
+    keep = max(length for _, length in owners) + 1
+    input_ids, attention, positions = _left_padded(tokenizer, seqs)
+    width = input_ids.shape[1]
+    kwargs = {"adapter_names": [adapter_names[prompt_index[r]] for r, _ in owners]} if adapter_names else {}
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                   logits_to_keep=keep, **kwargs).logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)  # (rows, keep, vocab): position j predicts token j+1
+    scores = []
+    for row, (_, length) in enumerate(owners):
+        tokens = input_ids[row, width - length :]
+        at = torch.arange(keep - 1 - length, keep - 1)
+        scores.append(logprobs[row, at, tokens].sum().item())
+    return scores
