@@ -1,5 +1,8 @@
 """One frozen base in memory, many named LoRA adapters, and mixed-adapter forward passes.
 
+Encoder bases classify with a head per adapter; generative (causal) bases score each adapter's label
+words after its prompt (``lora_pipeline.generative``), the rows of any adapters again in one pass.
+
 A batch may hold texts for different adapters: peft routes each row through its own adapter
 (``adapter_names=[...]``), so nothing switches a global "active adapter" between requests (which two
 concurrent requests would race on). Adapters are added and removed while serving; a lock keeps those
@@ -22,8 +25,9 @@ import torch
 from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
 from peft.utils import ModulesToSaveWrapper, load_peft_weights, set_peft_model_state_dict
 
-from lora_pipeline.adapters import AdapterMeta
-from lora_pipeline.base_models import load_classifier_base, load_tokenizer
+from lora_pipeline.adapters import AdapterMeta, lora_settings_for
+from lora_pipeline.base_models import get_spec, load_causal_base, load_classifier_base, load_tokenizer
+from lora_pipeline.generative import PromptFormat, build_prompt, score_labels
 from lora_pipeline.config import LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 
@@ -43,15 +47,23 @@ class PoolRequest:
 
 
 class AdapterPool:
-    def __init__(self, base_model: str, lora: LoraSettings, max_labels: int = 16):
+    def __init__(self, base_model: str, lora: LoraSettings, max_labels: int = 16, cache_dir: str | None = None):
         self.base_model = base_model
         self.max_labels = max_labels
+        # Generative (causal) bases answer with label tokens: no head, prompts built from each adapter's meta.
+        self.kind = get_spec(base_model).kind
+        lora = lora_settings_for(base_model, lora)  # null target/saved modules -> the base's defaults
         # Fully-trained modules besides the head; every adapter must train the same ones (see add()).
         self.modules_to_save = sorted(set(lora.modules_to_save) - set(_HEAD_NAMES))
-        self.tokenizer = load_tokenizer(base_model)
-        base = load_classifier_base(base_model, [f"slot{i}" for i in range(max_labels)])
-        idle = LoraConfig(task_type=TaskType.SEQ_CLS, r=1, target_modules=list(lora.target_modules),
-                          modules_to_save=list(lora.modules_to_save))
+        self.tokenizer = load_tokenizer(base_model, cache_dir)
+        if self.kind == "causal":
+            base = load_causal_base(base_model, cache_dir)
+            idle = LoraConfig(task_type=TaskType.CAUSAL_LM, r=1, target_modules=list(lora.target_modules),
+                              modules_to_save=list(lora.modules_to_save) or None)
+        else:
+            base = load_classifier_base(base_model, [f"slot{i}" for i in range(max_labels)])
+            idle = LoraConfig(task_type=TaskType.SEQ_CLS, r=1, target_modules=list(lora.target_modules),
+                              modules_to_save=list(lora.modules_to_save))
         self.model: PeftModel = get_peft_model(base, idle, adapter_name=IDLE).eval()
         for module_name, module in self.model.named_modules():
             if isinstance(module, ModulesToSaveWrapper) and not isinstance(module.original_module, _MIXABLE):
@@ -72,6 +84,8 @@ class AdapterPool:
         meta = AdapterMeta.load(adapter_dir)
         if meta.base_model != self.base_model:
             raise AdapterLoadError(f"{adapter_dir}: trained on base '{meta.base_model}', this pool serves '{self.base_model}'")
+        if meta.kind != self.kind:
+            raise AdapterLoadError(f"{adapter_dir}: a {meta.kind} adapter cannot join a {self.kind} pool")
         if len(meta.labels) > self.max_labels:
             raise AdapterLoadError(f"{adapter_dir}: {len(meta.labels)} labels, more than api.max_labels={self.max_labels}")
         if not (adapter_dir / "adapter_model.safetensors").is_file():  # never unpickle a .bin from a registry
@@ -83,7 +97,9 @@ class AdapterPool:
         if trained != self.modules_to_save:
             raise AdapterLoadError(f"{adapter_dir}: modules_to_save {trained} differ from this server's "
                                    f"lora.modules_to_save {self.modules_to_save}; retrain it with the server's config")
-        weights = _pad_head(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
+        weights = load_peft_weights(str(adapter_dir))
+        if self.kind != "causal":
+            weights = _pad_head(weights, len(meta.labels), self.max_labels)
         with self.lock:
             if name in self.meta:
                 raise AdapterLoadError(f"adapter name '{name}' is already in the pool")
@@ -115,11 +131,28 @@ class AdapterPool:
             chunk = requests[start : start + batch_size]
             with self.lock:  # adapters can neither vanish nor appear during the forward pass
                 metas = [self._meta_for(r.adapter) for r in chunk]
+                if self.kind == "causal":
+                    prompts = [build_prompt(self.tokenizer, m.prompt_format(), r.text) for r, m in zip(chunk, metas)]
+                    out += score_labels(self.model, self.tokenizer, prompts, [list(m.labels) for m in metas],
+                                        adapter_names=[r.adapter for r in chunk], batch_size=batch_size)
+                    continue
                 batch = self.encode([r.text for r in chunk], [m.max_length for m in metas])
                 logits = self.model(**batch, adapter_names=[r.adapter for r in chunk]).logits.float()
             for row, meta in zip(logits, metas):
                 out.append(torch.softmax(row[: len(meta.labels)], dim=-1).numpy())
         return out
+
+    @torch.inference_mode()
+    def predict_few_shot(self, text: str, examples: list[tuple[str, str]], labels: list[str], instruction: str,
+                         max_text_tokens: int) -> np.ndarray:
+        """No adapter, no training: the bare base with labelled examples in the prompt (causal bases only)."""
+        if self.kind != "causal":
+            raise ConfigError(f"few-shot prompting needs a generative base; this server's base is {self.base_model}")
+        fmt = PromptFormat(instruction, labels, max_text_tokens)
+        with self.lock:
+            [probs] = score_labels(self.model, self.tokenizer, [build_prompt(self.tokenizer, fmt, text, examples)],
+                                   [labels], adapter_names=["__base__"])
+        return probs
 
     def _meta_for(self, name: str) -> AdapterMeta:
         try:

@@ -3,6 +3,8 @@
     GET  /health     liveness + how many domains are served (no API key needed)
     GET  /adapters   every domain: champion version, labels, metrics, last load error
     POST /predict    {"domain": D, "texts": [...]} or {"items": [{"domain": D, "text": T}, ...]}
+    POST /predict_fewshot  {"text": T, "examples": [{"text", "label"}, ...]}: the bare base, prompted
+                     (generative bases only; the route does not exist on an encoder base)
     POST /reload     load new champions now (also done every api.poll_interval_s)
 
 Limits come from the ``api`` config section and are part of the OpenAPI schema, so a request over a
@@ -20,8 +22,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from lora_pipeline.base_models import get_spec
 from lora_pipeline.batching import MicroBatcher
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import UnknownDomainError
@@ -83,6 +86,11 @@ class ReloadResponse(BaseModel):
     removed: list[str]
 
 
+class FewShotResponse(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
 class Detail(BaseModel):
     detail: str
 
@@ -103,6 +111,28 @@ def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> F
 
     class MixedItems(_Body):
         items: list[Item] = Field(min_length=1, max_length=limits.max_texts_per_request)
+
+    class Example(_Body):
+        text: Text
+        label: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+    class FewShotRequest(_Body):
+        text: Text
+        examples: list[Example] = Field(min_length=1, max_length=16, description="Labelled examples for the prompt.")
+        labels: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
+            None, min_length=2, max_length=limits.max_labels,
+            description="Candidate labels; default: the examples' labels.")
+
+        @model_validator(mode="after")
+        def _labels_cover_examples(self):
+            shown = sorted({e.label for e in self.examples})
+            if self.labels is None:
+                if len(shown) < 2:
+                    raise ValueError("examples show one label only: give 'labels' or examples of two labels or more")
+                self.labels = shown
+            elif set(shown) - set(self.labels):
+                raise ValueError(f"example label '{sorted(set(shown) - set(self.labels))[0]}' is not in 'labels'")
+            return self
 
     state: dict[str, Any] = {}
 
@@ -159,6 +189,15 @@ def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> F
         return PredictResponse(predictions=[
             PredictionOut(domain=p.domain, label=p.label, probabilities=p.probabilities, model=p.model_name,
                           model_version=p.model_version) for p in predictions])
+
+    if get_spec(cfg.base.name).kind == "causal":  # the route exists only where it can answer
+
+        @app.post("/predict_fewshot", dependencies=auth, responses=errors)
+        async def predict_fewshot(body: FewShotRequest) -> FewShotResponse:
+            """Classify a text with the base model alone, prompted with the given examples: no adapter, no training."""
+            result = await asyncio.to_thread(state["service"].predict_few_shot, body.text,
+                                             [(e.text, e.label) for e in body.examples], body.labels)
+            return FewShotResponse(**result)
 
     @app.post("/reload", dependencies=auth,
               responses={**errors, 503: {"model": Detail, "description": "The registry could not be read"}})

@@ -23,7 +23,6 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 from lora_pipeline.adapter_pool import AdapterPool, PoolRequest
-from lora_pipeline.adapters import lora_settings_for
 from lora_pipeline.catalog import MANAGED_TAG
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
@@ -79,7 +78,7 @@ class ChampionService:
     def __init__(self, cfg: PipelineConfig, client: MlflowClient | None = None):
         self.cfg = cfg
         self.client = client or MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-        self.pool = AdapterPool(cfg.base.name, lora_settings_for(cfg.base.name, cfg.lora), cfg.api.max_labels)
+        self.pool = AdapterPool(cfg.base.name, cfg.lora, cfg.api.max_labels, cfg.base.cache_dir)
         # Replaced whole on every change (never mutated), so readers can take a consistent snapshot.
         self.served: dict[str, ServedAdapter] = {}
         self.failures: dict[str, LoadFailure] = {}
@@ -191,6 +190,14 @@ class ChampionService:
                                   probabilities={label: float(x) for label, x in zip(adapter.labels, p)},
                                   model_name=adapter.model_name, model_version=adapter.version))
         return out
+
+    def predict_few_shot(self, text: str, examples: list[tuple[str, str]], labels: list[str] | None = None) -> dict:
+        """Classify ``text`` with the bare base, prompted with labelled ``examples`` (no adapter, no training)."""
+        labels = labels or sorted({label for _, label in examples})
+        probs = self.pool.predict_few_shot(text, examples, labels, self.cfg.generative.instruction,
+                                           self.cfg.base.max_length)
+        return {"label": labels[int(probs.argmax())],
+                "probabilities": {label: float(p) for label, p in zip(labels, probs)}}
 
     def adapters(self) -> list[dict]:
         """Every domain served or failed: version, labels, metrics, and the last load error if any."""

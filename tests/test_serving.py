@@ -180,6 +180,11 @@ def test_bad_requests_get_a_4xx_that_says_why(http, body, status, says):
     assert says in response.text
 
 
+def test_few_shot_exists_only_on_a_generative_base(http):
+    body = {"text": "fine", "examples": [{"text": "bad", "label": "negative"}, {"text": "good", "label": "positive"}]}
+    assert http.post("/predict_fewshot", json=body).status_code == 404
+
+
 def test_malformed_json_is_a_422(http):
     response = http.post("/predict", content=b'{"domain": "amazon", "texts": [', headers={"content-type": "application/json"})
     assert response.status_code == 422 and "JSON" in response.text
