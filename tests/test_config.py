@@ -9,7 +9,12 @@ def test_defaults_record_demo_sizes():
     assert cfg.data.name == "vader"
     assert cfg.base.name == "all-minilm-l6-v2"
     assert cfg.split.max_train_rows > 0 and cfg.train.epochs > 0 and cfg.base.max_length > 0
-    assert "classifier" in cfg.lora.modules_to_save  # else the head reloads random
+    from lora_pipeline.adapters import lora_settings_for
+
+    # null = the base's defaults; MiniLM's must train and save the new head, else it reloads random
+    assert cfg.lora.modules_to_save is None
+    assert lora_settings_for(cfg.base.name, cfg.lora).modules_to_save == ["classifier", "pooler.dense"]
+    assert lora_settings_for("smollm2-135m", cfg.lora).target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize(
