@@ -75,22 +75,21 @@ def score_labels(model, tokenizer, prompts: list[str], labels_per_prompt: list[l
                  adapter_names: list[str] | None = None, batch_size: int = 8) -> list[np.ndarray]:
     """For each prompt, the softmax over its labels of log P(" label" | prompt).
 
-    Each prompt is one row ending with its longest answer; rows are left-padded so every answer ends at
-    the last position, and the LM head runs only on the last few positions (``logits_to_keep``): the
-    vocabulary projection is most of the cost of a small LM. A label's score is the sum of its tokens'
-    log-probabilities, read at each token's position. ``adapter_names`` (one per prompt) routes each row
-    through its own adapter (peft mixed batches; "__base__" for none).
+    When every label is one token, each prompt is one row and all labels are read from its next-token
+    distribution; otherwise each (prompt, label) is a row and a label's score is the sum of its tokens'
+    log-probabilities. Rows are left-padded so they all end at the last position, and the LM head runs
+    only there (``logits_to_keep``): the vocabulary projection is a large share of a small LM's cost.
+    ``adapter_names`` (one per prompt) routes each row through its own adapter (peft mixed batches;
+    "__base__" for none).
     """
     out: list[np.ndarray] = []
     for start in range(0, len(prompts), batch_size):
         idx = range(start, min(start + batch_size, len(prompts)))
-        rows, answers = [], []
+        rows = []  # (prompt token ids, [answer token ids per label])
         for i in idx:
-            prompt_ids = tokenizer(prompts[i]).input_ids
             ids = [tokenizer(PromptFormat.answer(label), add_special_tokens=False).input_ids
                    for label in labels_per_prompt[i]]
-            answers.append(ids)
-            rows.append((prompt_ids, ids))
+            rows.append((tokenizer(prompts[i]).input_ids, ids))
         seqs, owners = [], []
         if all(len(a) == 1 for _, ids in rows for a in ids):  # one row per prompt reads every label's token
             for r, (prompt_ids, ids) in enumerate(rows):
@@ -104,8 +103,8 @@ def score_labels(model, tokenizer, prompts: list[str], labels_per_prompt: list[l
                     owners.append((r, len(a)))
             scores = _answer_logprobs(model, tokenizer, seqs, owners, adapter_names, list(idx))
         k = 0
-        for r in range(len(rows)):
-            n = len(answers[r])
+        for _, ids in rows:
+            n = len(ids)
             out.append(torch.softmax(torch.tensor(scores[k : k + n]), dim=0).numpy())
             k += n
     return out
