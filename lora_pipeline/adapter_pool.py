@@ -56,14 +56,11 @@ class AdapterPool:
         # Fully-trained modules besides the head; every adapter must train the same ones (see add()).
         self.modules_to_save = sorted(set(lora.modules_to_save) - set(_HEAD_NAMES))
         self.tokenizer = load_tokenizer(base_model, cache_dir)
-        if self.kind == "causal":
-            base = load_causal_base(base_model, cache_dir)
-            idle = LoraConfig(task_type=TaskType.CAUSAL_LM, r=1, target_modules=list(lora.target_modules),
-                              modules_to_save=list(lora.modules_to_save) or None)
-        else:
-            base = load_classifier_base(base_model, [f"slot{i}" for i in range(max_labels)])
-            idle = LoraConfig(task_type=TaskType.SEQ_CLS, r=1, target_modules=list(lora.target_modules),
-                              modules_to_save=list(lora.modules_to_save))
+        causal = self.kind == "causal"
+        base = (load_causal_base(base_model, cache_dir) if causal
+                else load_classifier_base(base_model, [f"slot{i}" for i in range(max_labels)]))
+        idle = LoraConfig(task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS, r=1,
+                          target_modules=list(lora.target_modules), modules_to_save=list(lora.modules_to_save) or None)
         self.model: PeftModel = get_peft_model(base, idle, adapter_name=IDLE).eval()
         for module_name, module in self.model.named_modules():
             if isinstance(module, ModulesToSaveWrapper) and not isinstance(module.original_module, _MIXABLE):

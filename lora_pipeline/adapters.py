@@ -52,21 +52,16 @@ def lora_settings_for(base_model: str, lora: LoraSettings) -> LoraSettings:
 
 def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cache_dir: str | None = None) -> PeftModel:
     lora = lora_settings_for(base_model, lora)
-    if get_spec(base_model).kind == "causal":  # answers with label tokens: no head to train
-        base = load_causal_base(base_model, cache_dir)
-        peft_config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
-                                 lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                                 modules_to_save=lora.modules_to_save or None)
-        return get_peft_model(base, peft_config)
-    base = load_classifier_base(base_model, labels)
+    causal = get_spec(base_model).kind == "causal"  # answers with label tokens: no head to train
+    base = load_causal_base(base_model, cache_dir) if causal else load_classifier_base(base_model, labels)
     peft_config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        # The head is new and must be trained and saved, else it reloads random.
-        modules_to_save=lora.modules_to_save,
+        # An encoder's head is new and must be trained and saved, else it reloads random.
+        modules_to_save=lora.modules_to_save or None,
     )
     return get_peft_model(base, peft_config)
 

@@ -18,8 +18,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from lora_pipeline.adapters import load_adapter
-from lora_pipeline.base_models import get_spec, load_causal_base, load_encoder, load_tokenizer
+from lora_pipeline.adapters import LoadedAdapter, load_adapter
+from lora_pipeline.base_models import get_spec, load_encoder, load_tokenizer
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.data import DomainSplits
 from lora_pipeline.generative import PromptFormat, build_prompt, pick_examples, score_labels
@@ -66,14 +66,14 @@ def predict_zero_shot(texts: list[str], labels: list[str], cfg: PipelineConfig) 
     return [labels[i] for i in (text_vecs @ label_vecs.T).argmax(axis=1)]
 
 
-def predict_prompted(texts: list[str], labels: list[str], cfg: PipelineConfig,
+def predict_prompted(adapter: LoadedAdapter, texts: list[str], labels: list[str], cfg: PipelineConfig,
                      examples: list[tuple[str, str]] = ()) -> list[str]:
-    """Causal base, no adapter: the adapter's prompt (zero-shot), optionally with labelled examples first."""
-    model = load_causal_base(cfg.base.name, cfg.base.cache_dir).eval()
-    tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
+    """The causal base without its adapter (peft's "__base__" rows, no second copy of the base loaded):
+    the adapter's prompt (zero-shot), optionally with labelled examples first (few-shot)."""
     fmt = PromptFormat(cfg.generative.instruction, labels, cfg.base.max_length)
-    prompts = [build_prompt(tokenizer, fmt, text, examples) for text in texts]
-    probs = score_labels(model, tokenizer, prompts, [labels] * len(texts), batch_size=cfg.generative.score_batch_size)
+    prompts = [build_prompt(adapter.tokenizer, fmt, text, examples) for text in texts]
+    probs = score_labels(adapter.model, adapter.tokenizer, prompts, [labels] * len(texts),
+                         adapter_names=["__base__"] * len(texts), batch_size=cfg.generative.score_batch_size)
     return [labels[int(p.argmax())] for p in probs]
 
 
@@ -110,13 +110,13 @@ def evaluate_domain(
     train = splits.read("train")
     predictions = {
         "adapter": adapter_pred,
-        "base": predict_prompted(texts, labels, cfg) if causal else predict_zero_shot(texts, labels, cfg),
+        "base": predict_prompted(adapter, texts, labels, cfg) if causal else predict_zero_shot(texts, labels, cfg),
         "tfidf": predict_tfidf(train, texts),
     }
     if causal:
         examples = pick_examples(train["text"].tolist(), train["label"].tolist(), cfg.generative.few_shot_k,
                                  cfg.split.seed)
-        predictions["fewshot"] = predict_prompted(texts, labels, cfg, examples)
+        predictions["fewshot"] = predict_prompted(adapter, texts, labels, cfg, examples)
     metrics = {name: classification_metrics(truth, pred, labels) for name, pred in predictions.items()}
 
     result = DomainEvaluation(

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from lora_pipeline.base_models import get_spec
 from lora_pipeline.catalog import aliases_by_version
 from lora_pipeline.champions import AUTO, set_champion
-from lora_pipeline.config import PipelineConfig
+from lora_pipeline.config import BaseModelConfig, PipelineConfig
 from lora_pipeline.data import DomainSplits, PreparedData
 from lora_pipeline.evaluation import DomainEvaluation
 from lora_pipeline.metrics import SCALAR_METRICS
@@ -43,7 +43,7 @@ class RegisteredAdapter:
     is_new: bool  # False: this exact adapter (same data, config and code) was already registered
 
 
-DEFAULT_BASE = "all-minilm-l6-v2"
+DEFAULT_BASE = BaseModelConfig().name  # its models keep the plain <dataset>-<domain> names
 
 
 def registered_name(cfg: PipelineConfig, domain: str) -> str:
