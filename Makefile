@@ -27,9 +27,10 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=8
 
-# Benchmarks (never timed asserts): figures go to benchmarks/results/*.json.
+# Benchmarks (never timed asserts): the default pipeline, a full fine-tune, step costs and serving, in one
+# run -> benchmarks/results/latest.json + report.md + quality.png (~30 min on 2 CPU cores).
 bench: install data
-	$(BIN)/python -m benchmarks.bench_serving
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 # The prediction API on 127.0.0.1:8000: every domain's champion on one base (Ctrl-C stops).
 serve: install

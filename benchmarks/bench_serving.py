@@ -1,6 +1,7 @@
 """Serving benchmark: how much does serving many adapters on one base cost, measured on this machine.
 
-Three ways to answer the same mixed-domain stream of texts, all in batches of ``--batch-size``:
+Three ways to answer the same mixed-domain stream of texts. Each text is its own request, and all of
+them go through the server's batching code (``MicroBatcher``, up to ``--batch-size`` texts per batch):
 - mixed:     the server's path (ChampionService.predict): every batch is one forward pass whose rows
              go through their own domain's adapter (peft ``adapter_names``);
 - switching: the usual alternative: per batch, one forward per domain after switching the active adapter;
@@ -24,7 +25,6 @@ import random
 import socket
 import statistics
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,43 +83,61 @@ def timed_interleaved(modes: dict, repeats: int) -> dict[str, list[float]]:
     return runs
 
 
-def run_mixed(service, items, batch_size):
-    out = []
-    for start in range(0, len(items), batch_size):
-        out += [p.label for p in service.predict(items[start : start + batch_size])]
-    return out
+def through_batcher(run_batch, requests: list, batch_size: int, wait_ms: float) -> tuple[list, dict]:
+    """Every request (one item each) submitted at once to the server's MicroBatcher; results in order."""
+    import asyncio
+
+    from lora_pipeline.batching import MicroBatcher
+
+    async def go():
+        batcher = MicroBatcher(run_batch, batch_size, wait_ms)
+        try:
+            results = await asyncio.gather(*(batcher.submit([r]) for r in requests))
+        finally:
+            await batcher.stop()
+        return [r[0] for r in results], dict(batcher.stats)
+
+    return asyncio.run(go())
 
 
-def run_switching(service, items, batch_size):
-    """Per batch: group rows by domain, switch the active adapter, one forward per group."""
+def mixed_batch(service):
+    return lambda items: [p.label for p in service.predict(items)]
+
+
+def switching_batch(service):
+    """One batch: group rows by domain, switch the active adapter, one forward per group."""
     import torch
 
-    pool, served = service.pool, service.served
-    labels = [None] * len(items)
-    with torch.inference_mode():
-        for start in range(0, len(items), batch_size):
-            chunk = list(enumerate(items[start : start + batch_size], start))
-            for domain in sorted({d for _, (d, _) in chunk}):
-                rows = [(i, text) for i, (d, text) in chunk if d == domain]
-                adapter = served[domain]
-                pool.model.set_adapter(adapter.slot)
-                batch = pool.encode([t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
-                logits = pool.model(**batch).logits[:, : len(adapter.labels)]
-                for (i, _), k in zip(rows, logits.argmax(-1).tolist()):
-                    labels[i] = adapter.labels[k]
-    return labels
+    def run(items):
+        pool, served = service.pool, service.served
+        labels = [None] * len(items)
+        try:
+            with torch.inference_mode():
+                for domain in sorted({d for d, _ in items}):
+                    rows = [(i, text) for i, (d, text) in enumerate(items) if d == domain]
+                    adapter = served[domain]
+                    pool.model.set_adapter(adapter.slot)
+                    batch = pool.encode([t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
+                    logits = pool.model(**batch).logits[:, : len(adapter.labels)]
+                    for (i, _), k in zip(rows, logits.argmax(-1).tolist()):
+                        labels[i] = adapter.labels[k]
+        finally:
+            pool.model.set_adapter(pool.idle)  # the pool's own idle adapter again
+        return labels
+
+    return run
 
 
-def run_merged(model, tokenizer, texts, max_length, batch_size):
+def merged_batch(model, tokenizer, max_length):
     import torch
 
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length,
+    def run(items):
+        with torch.inference_mode():
+            batch = tokenizer([text for _, text in items], truncation=True, max_length=max_length,
                               padding=True, return_tensors="pt")
-            out += model(**batch).logits.argmax(-1).tolist()
-    return out
+            return model(**batch).logits.argmax(-1).tolist()
+
+    return run
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -168,6 +186,76 @@ def latency_http(cfg: PipelineConfig, items, samples: int) -> dict[str, float]:
     return {**percentiles(timings), "batch_wait_ms": cfg.api.batch_wait_ms}
 
 
+def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: int, latency_samples: int) -> dict:
+    """Throughput of mixed / switching / merged through the MicroBatcher, and batch-1 latency, on the
+    champions of ``cfg``'s registry."""
+    import torch
+
+    from lora_pipeline.adapters import load_adapter
+    from lora_pipeline.serving import ChampionService
+
+    service = ChampionService(cfg)
+    report = service.reload()
+    domains = sorted(service.served)
+    if not domains:
+        raise RuntimeError(f"serving benchmark: no champion to serve in {cfg.tracking_uri} "
+                           f"(load failures: {report.failed or 'none'}; no domain earned `champion`?)")
+    items = workload(cfg, domains, texts)
+    n, bs, wait = len(items), batch_size, cfg.api.batch_wait_ms
+    print(f"serving {domains} on {cfg.base.name}; {n} texts, batch {bs}, torch threads {torch.get_num_threads()}",
+          flush=True)
+
+    first = service.served[domains[0]]
+    merged = load_adapter(service.fetch_adapter(first.model_name, first.version))
+    merged_model = merged.model.merge_and_unload().eval()
+    modes = {"mixed": mixed_batch(service), "switching": switching_batch(service),
+             "merged": merged_batch(merged_model, merged.tokenizer, merged.meta.max_length)}
+    batch_stats = {}
+
+    def timed(name):
+        def run():
+            batch_stats[name] = through_batcher(modes[name], items, bs, wait)[1]
+        return run
+
+    runs = timed_interleaved({name: timed(name) for name in modes}, repeats)
+    mixed_s, switch_s, merged_s = (statistics.median(runs[m]) for m in ("mixed", "switching", "merged"))
+    agree = through_batcher(modes["mixed"], items, bs, wait)[0] == through_batcher(modes["switching"], items, bs, wait)[0]
+
+    pool_ms = []
+    for domain, text in items[:latency_samples]:
+        t0 = time.perf_counter()
+        service.predict([(domain, text)])
+        pool_ms.append((time.perf_counter() - t0) * 1000)
+
+    return {
+        "setup": {"base_model": cfg.base.name, "domains": domains, "texts": n, "batch_size": bs,
+                  "batch_wait_ms": wait, "repeats": repeats, "max_length": cfg.base.max_length,
+                  "project": str(cfg.project_dir), "merged_domain": domains[0],
+                  "torch_threads": torch.get_num_threads()},
+        "throughput_texts_per_s": {
+            "mixed_adapters_one_forward": round(n / mixed_s, 1),
+            "switch_adapter_per_domain": round(n / switch_s, 1),
+            "single_merged_model": round(n / merged_s, 1),
+        },
+        "batcher_stats_last_run": batch_stats,  # texts per forward pass the MicroBatcher formed
+        "seconds_per_run": {mode: [round(x, 3) for x in seconds] for mode, seconds in runs.items()},
+        "ratios": {
+            "mixed_over_merged": round(merged_s / mixed_s, 3),
+            "mixed_over_switching": round(switch_s / mixed_s, 3),
+        },
+        "mixed_and_switching_agree": agree,  # the same labels either way (a correctness check)
+        "latency_batch1": {"pool": percentiles(pool_ms), "http": latency_http(cfg, items, latency_samples)},
+    }
+
+
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, default=REPO_ROOT / "benchmarks" / ".work" / "serving",
@@ -183,67 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = bench_config(args.project.resolve())
     apply_runtime_env(cfg)
     ensure_champions(cfg)
-
-    import torch
-
-    from lora_pipeline.adapters import load_adapter
-    from lora_pipeline.serving import ChampionService
-
-    service = ChampionService(cfg)
-    service.reload()
-    domains = sorted(service.served)
-    items = workload(cfg, domains, args.texts)
-    n, bs = len(items), args.batch_size
-    print(f"serving {domains} on {cfg.base.name}; {n} texts, batch {bs}, torch threads {torch.get_num_threads()}",
-          flush=True)
-
-    first = service.served[domains[0]]
-    merged = load_adapter(service.fetch_adapter(first.model_name, first.version))
-    merged_model = merged.model.merge_and_unload().eval()
-    texts = [t for _, t in items]
-
-    def switching():
-        try:
-            return run_switching(service, items, bs)
-        finally:
-            service.pool.model.set_adapter(service.pool.idle)  # the pool's own idle adapter again
-
-    runs = timed_interleaved({
-        "mixed": lambda: run_mixed(service, items, bs),
-        "switching": switching,
-        "merged": lambda: run_merged(merged_model, merged.tokenizer, texts, merged.meta.max_length, bs),
-    }, args.repeats)
-    mixed_s, switch_s, merged_s = (statistics.median(runs[m]) for m in ("mixed", "switching", "merged"))
-    agree = run_mixed(service, items, bs) == switching()
-
-    pool_ms = []
-    for domain, text in items[: args.latency_samples]:
-        t0 = time.perf_counter()
-        service.predict([(domain, text)])
-        pool_ms.append((time.perf_counter() - t0) * 1000)
-
-    result = {
-        "benchmark": "serving",
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "device": "cpu"},
-        "setup": {"base_model": cfg.base.name, "domains": domains, "texts": n, "batch_size": bs,
-                  "repeats": args.repeats, "max_length": cfg.base.max_length, "project": str(cfg.project_dir)},
-        "throughput_texts_per_s": {
-            "mixed_adapters_one_forward": round(n / mixed_s, 1),
-            "switch_adapter_per_domain": round(n / switch_s, 1),
-            "single_merged_model": round(n / merged_s, 1),
-        },
-        "seconds_per_run": {mode: [round(x, 3) for x in seconds] for mode, seconds in runs.items()},
-        "ratios": {
-            "mixed_over_merged": round(merged_s / mixed_s, 3),
-            "mixed_over_switching": round(switch_s / mixed_s, 3),
-        },
-        "mixed_and_switching_agree": agree,  # the same labels either way (a correctness check)
-        "latency_batch1": {"pool": percentiles(pool_ms),
-                           "http": latency_http(cfg, items, args.latency_samples)},
-    }
+    result = {"benchmark": "serving", "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(),
+              **measure_serving(cfg, args.texts, args.batch_size, args.repeats, args.latency_samples)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

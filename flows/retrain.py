@@ -21,6 +21,7 @@ from tasks.pipeline import (
     finish_tracking_task,
     prepare_data_task,
     register_adapter_task,
+    report_run_task,
     start_tracking_task,
     train_adapter_task,
 )
@@ -63,9 +64,9 @@ def retrain(config: PipelineConfig | None = None, domains: list[str] | None = No
 
 @flow(name="build-adapters", log_prints=True)
 def build_adapters(cfg: PipelineConfig) -> list[dict]:
-    prepare_data, start_tracking, train_adapter, evaluate_adapter, register_adapter, finish_tracking = (
-        configure(t, cfg) for t in (prepare_data_task, start_tracking_task, train_adapter_task,
-                                    evaluate_adapter_task, register_adapter_task, finish_tracking_task))
+    prepare_data, start_tracking, train_adapter, evaluate_adapter, register_adapter, finish_tracking, report_run = (
+        configure(t, cfg) for t in (prepare_data_task, start_tracking_task, train_adapter_task, evaluate_adapter_task,
+                                    register_adapter_task, finish_tracking_task, report_run_task))
 
     prepared = prepare_data(cfg)  # every input error stops here, before training or registering
     parent_run_id = start_tracking(cfg, prepared)
@@ -86,7 +87,11 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
             failures[d] = error
         else:
             results[d] = (trained[d].result(), evaluated[d].result(), registered[d].result())
-    finish_tracking(parent_run_id, sorted(failures))
+    finish_tracking(parent_run_id, sorted(failures), {d: r[2].run_id for d, r in results.items()})
+    if results:  # the report is a view of what is registered: if it fails, the adapters still stand
+        report = report_run(cfg, parent_run_id, return_state=True)
+        if not report.is_completed():
+            print(f"warning: the comparison report failed: {report.result(raise_on_failure=False)}")
 
     rows = summary_rows(results, failures)
     create_table_artifact(key="retrain-summary", table=rows, description="Adapter vs zero-shot base vs TF-IDF")

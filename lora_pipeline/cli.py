@@ -4,6 +4,7 @@
     lora-pipeline deploy                     # serve the 'nightly' and 'rebuild' deployments
     lora-pipeline ui | stop                  # local Prefect + MLflow UIs on 127.0.0.1
     lora-pipeline models list | compare D | history D | promote D V | rollback D
+    lora-pipeline report [--run-id ID] [--out DIR] # per-domain comparison -> markdown/HTML, MLflow, Prefect
     lora-pipeline serve [--host H --port P]  # prediction API: every domain's champion on one base
     lora-pipeline predict --domain D "text" ...
     lora-pipeline fetch-data
@@ -121,6 +122,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    _require_store(cfg)
+    apply_runtime_env(cfg)
+    from flows.report import report
+
+    report(config=cfg, run_id=args.run_id, out_dir=args.out)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -220,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("version", help="model version number")
             cmd.add_argument("--reason", default="", help="why (kept in the history)")
 
+    report = _command(sub, "report", _cmd_report,
+                      "per-domain comparison of a run (tables, bar chart, confusion matrices) -> markdown + HTML")
+    report.add_argument("--run-id", help="MLflow pipeline (parent) run to report (default: the newest)")
+    report.add_argument("--out", help="folder for report.md/report.html (default: <work_dir>/reports/<run id>)")
     serve = _command(sub, "serve", _cmd_serve, "prediction API (FastAPI): one base, every domain's champion adapter")
     serve.add_argument("--host", help="interface to bind (default api.host = 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default api.port = 8000)")

@@ -28,6 +28,7 @@ from lora_pipeline.promotion import CHAMPION, CHALLENGER, PromotionDecision, dec
 from lora_pipeline.training import TrainedAdapter
 
 MODEL_ARTIFACT = "adapter"
+DOMAIN_RUN_TAG = "domain_run/"  # + domain, on the parent run -> the run holding that domain's evaluation
 # What a registered version needs to load: the libraries and the package that carries the base.
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors==0.8.0", "pandas"]
 
@@ -98,9 +99,13 @@ def start_parent_run(cfg: PipelineConfig, prepared: PreparedData, run_name: str 
     return run.info.run_id
 
 
-def finish_parent_run(run_id: str, failed_domains: list[str]) -> None:
+def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[str, str] | None = None) -> None:
+    """``domain_runs``: domain -> the run holding its evaluation (for a cached domain, the run that trained
+    it), recorded on the parent so that the run's report covers every domain it served."""
     client = MlflowClient()
     client.set_tag(run_id, "failed_domains", ",".join(failed_domains) or "none")
+    for domain, domain_run_id in (domain_runs or {}).items():
+        client.set_tag(run_id, f"{DOMAIN_RUN_TAG}{domain}", domain_run_id)
     client.set_terminated(run_id, "FAILED" if failed_domains else "FINISHED")
 
 

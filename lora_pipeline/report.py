@@ -1,6 +1,29 @@
-"""Per-domain summary rows and their plain-text/markdown table (the flow's artifact and CLI output)."""
+"""Reports: the flow's per-domain summary table, and the comparison report of one pipeline run.
+
+The comparison report (``lora-pipeline report``) reads everything from MLflow, so it can be rendered
+for any past run: the parent run names each domain's run (tag ``domain_run/<domain>``, which for a
+cached domain is the run that trained it), and each domain run holds the metrics and evaluation.json.
+It is written as markdown (with PNGs beside it) and as one self-contained HTML file, and logged back to
+the parent run under ``report/``.
+"""
 
 from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lora_pipeline.config import PipelineConfig
+from lora_pipeline.errors import RegistryError
+from lora_pipeline.metrics import SCALAR_METRICS, plot_confusion_matrix
+from lora_pipeline.registry import DOMAIN_RUN_TAG, setup_tracking
+REPORT_ARTIFACT_DIR = "report"
+# Display names, in the order reports show them; evaluation.py's model keys.
+MODEL_NAMES = {"base": "zero-shot base", "fewshot": "few-shot base", "tfidf": "TF-IDF+LR", "adapter": "LoRA adapter"}
+EFFICIENCY = ("train_seconds", "adapter_size_bytes", "trainable_params", "latency_p50_ms", "throughput_per_s")
 
 
 def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
@@ -26,11 +49,238 @@ def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
     return rows
 
 
-def format_results_table(rows: list[dict]) -> str:
-    """A markdown table (renders in the Prefect UI, reads fine in a terminal)."""
-    columns = ["domain", "status", "version", "alias", "adapter_macro_f1", "base_macro_f1", "tfidf_macro_f1",
-               "train_seconds", "adapter_kb", "n_test"]
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A markdown table (renders in the Prefect UI and on GitHub, reads fine in a terminal)."""
+    columns = columns or (list(rows[0]) if rows else [])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def format_results_table(rows: list[dict]) -> str:
+    return markdown_table(rows, ["domain", "status", "version", "alias", "adapter_macro_f1", "base_macro_f1",
+                                 "tfidf_macro_f1", "train_seconds", "adapter_kb", "n_test"])
+
+
+# --- the comparison report of one run ---------------------------------------------------------------
+
+@dataclass
+class DomainResult:
+    domain: str
+    run_id: str
+    labels: list[str]
+    metrics: dict[str, dict[str, float]]  # model -> {accuracy, precision, recall, macro_f1, micro_f1}
+    confusion: dict[str, list[list[int]]]  # model -> confusion matrix (rows true, columns predicted)
+    efficiency: dict[str, float]
+    version: str = ""
+    decision: str = ""
+
+
+@dataclass
+class RunComparison:
+    run_id: str
+    run_name: str
+    started: str
+    tags: dict[str, str]
+    domains: list[DomainResult] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        present = {m for d in self.domains for m in d.metrics}
+        return [m for m in MODEL_NAMES if m in present]
+
+    def scores(self, metric: str) -> dict[str, dict[str, float]]:
+        """domain -> model -> ``metric``."""
+        return {d.domain: {m: d.metrics[m][metric] for m in self.models if m in d.metrics} for d in self.domains}
+
+
+def latest_parent_run(client, experiment: str) -> str:
+    """The newest pipeline (parent) run of ``experiment``."""
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=200) if found else []
+    for run in runs:
+        if "mlflow.parentRunId" not in run.data.tags and run.data.tags.get("data_fingerprint"):
+            return run.info.run_id
+    raise RegistryError(f"no pipeline run in MLflow experiment '{experiment}' (run `lora-pipeline run` first)")
+
+
+def collect_comparison(client, run_id: str) -> RunComparison:
+    """Metrics and confusion matrices of every domain of parent run ``run_id``, read from MLflow."""
+    try:
+        parent = client.get_run(run_id)
+    except Exception as exc:  # MlflowException: unknown id
+        raise RegistryError(f"run '{run_id}': not found in the MLflow store ({exc.__class__.__name__})") from None
+    tags = parent.data.tags
+    if "mlflow.parentRunId" in tags:
+        raise RegistryError(f"run '{run_id}' is the domain run of '{tags.get('domain')}'; "
+                            f"report its pipeline run {tags['mlflow.parentRunId']}")
+    domain_runs = {k[len(DOMAIN_RUN_TAG):]: v for k, v in tags.items() if k.startswith(DOMAIN_RUN_TAG)}
+    if not domain_runs:  # runs from before the tag existed: their nested runs
+        children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+        domain_runs = {c.data.tags["domain"]: c.info.run_id for c in children if "domain" in c.data.tags}
+    comparison = RunComparison(run_id=run_id, run_name=parent.info.run_name or run_id,
+                               started=_iso(parent.info.start_time), tags=dict(tags))
+    with tempfile.TemporaryDirectory() as tmp:
+        for domain, domain_run_id in sorted(domain_runs.items()):
+            run = client.get_run(domain_run_id)
+            local = client.download_artifacts(domain_run_id, "evaluation/evaluation.json", tmp)
+            evaluation = json.loads(Path(local).read_text())
+            comparison.domains.append(DomainResult(
+                domain=domain,
+                run_id=domain_run_id,
+                labels=evaluation["labels"],
+                metrics={m: {k: v[k] for k in SCALAR_METRICS} for m, v in evaluation["metrics"].items()},
+                confusion={m: v["confusion_matrix"] for m, v in evaluation["metrics"].items()},
+                efficiency={k: run.data.metrics[k] for k in EFFICIENCY if k in run.data.metrics},
+                version=run.data.tags.get("registered_version", ""),
+                decision=run.data.tags.get("promotion_decision", ""),
+            ))
+    return comparison
+
+
+def _iso(ms: int | None) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds") if ms else ""
+
+
+def plot_grouped_bars(values: dict[str, dict[str, float]], names: dict[str, str], ylabel: str, title: str,
+                      path: str | Path) -> Path:
+    """One group of bars per domain, one bar per model (in ``names`` order), value printed on each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers or CI
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(values)
+    models = [m for m in names if any(m in values[g] for g in groups)]
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.7 * len(groups), 3.8))
+    for i, model in enumerate(models):
+        xs = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
+        ys = [values[g].get(model, np.nan) for g in groups]
+        bars = ax.bar(xs, ys, width, label=names[model])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.08)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncols=len(models), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# A document is a list of blocks, rendered twice: ("h1"|"h2"|"p", text), ("table", rows), ("img", file, alt).
+Block = tuple
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + args[0])
+        elif kind == "p":
+            out.append(args[0])
+        elif kind == "table":
+            out.append(markdown_table(args[0]))
+        elif kind == "img":
+            out.append(f"![{args[1]}]({Path(args[0]).name})")
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """One self-contained page: images are embedded, so the file opens anywhere (MLflow's artifact view too)."""
+    out = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+           "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}</style>"]
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{html.escape(args[0])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{html.escape(args[0]).replace('**', '')}</p>")
+        elif kind == "table":
+            rows = args[0]
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>"
+                           for r in rows)
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(args[0]).read_bytes()).decode()
+            out.append(f"<img alt='{html.escape(args[1])}' src='data:image/png;base64,{data}'>")
+    return "\n".join(out) + "\n"
+
+
+def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
+    """The report's content; writes its pictures into ``out_dir``."""
+    models = comparison.models
+    names = {m: MODEL_NAMES[m] for m in models}
+    tags = comparison.tags
+    blocks: list[Block] = [
+        ("h1", f"Comparison report: run {comparison.run_name}"),
+        ("p", f"MLflow run `{comparison.run_id}`, started {comparison.started}. Dataset `{tags.get('dataset', '?')}` "
+              f"(fingerprint `{tags.get('data_fingerprint', '?')[:12]}`), base `{tags.get('base_model', '?')}`, "
+              f"code `{tags.get('code_version', '?')}`. Every model is scored on the same test split of its domain."),
+    ]
+    if not comparison.domains:
+        return blocks + [("p", "This run has no evaluated domain.")]
+    chart = plot_grouped_bars(comparison.scores("macro_f1"), names, "macro-F1",
+                              "Test macro-F1 per domain", out_dir / "quality_macro_f1.png")
+    blocks.append(("img", chart, "macro-F1 per domain and model"))
+    for metric in ("macro_f1", "accuracy"):
+        blocks += [("h2", metric), ("table", [
+            {"domain": d, **{names[m]: f"{v:.3f}" for m, v in by_model.items()},
+             "adapter - base": f"{by_model['adapter'] - by_model['base']:+.3f}"}
+            for d, by_model in comparison.scores(metric).items()])]
+    blocks += [("h2", "Cost of each adapter"), ("table", [
+        {"domain": d.domain, "version": d.version, "decision": d.decision,
+         "train s": f"{d.efficiency.get('train_seconds', float('nan')):.0f}",
+         "adapter KB": f"{d.efficiency.get('adapter_size_bytes', 0) / 1024:.0f}",
+         "trainable params": f"{int(d.efficiency.get('trainable_params', 0)):,}",
+         "latency p50 ms": f"{d.efficiency.get('latency_p50_ms', float('nan')):.1f}",
+         "texts/s": f"{d.efficiency.get('throughput_per_s', float('nan')):.1f}"} for d in comparison.domains])]
+    for d in comparison.domains:
+        blocks += [("h2", f"{d.domain}: every metric"), ("table", [
+            {"model": names[m], **{k: f"{d.metrics[m][k]:.3f}" for k in SCALAR_METRICS}} for m in models if m in d.metrics])]
+        blocks.append(("p", f"Confusion matrices (rows: true label, columns: predicted) on {sum(map(sum, d.confusion['adapter']))} test texts."))
+        for m in models:
+            if m in d.confusion:
+                png = plot_confusion_matrix(d.confusion[m], d.labels, f"{d.domain}: {names[m]}",
+                                            out_dir / f"confusion_{d.domain}_{m}.png")
+                blocks.append(("img", png, f"{d.domain} {names[m]} confusion matrix"))
+    return blocks
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    run_id: str
+    markdown_path: Path
+    html_path: Path
+    tables_markdown: str  # the report without its pictures: what a Prefect markdown artifact can show
+
+
+def write_comparison_report(comparison: RunComparison, out_dir: str | Path) -> ReportFiles:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blocks = comparison_blocks(comparison, out_dir)
+    (out_dir / "report.md").write_text(render_markdown(blocks))
+    (out_dir / "report.html").write_text(render_html(blocks, f"lora-pipeline run {comparison.run_name}"))
+    tables = render_markdown([b for b in blocks if b[0] != "img"] + [
+        ("p", f"Charts and confusion matrices: artifacts `{REPORT_ARTIFACT_DIR}/report.html` and "
+              f"`{REPORT_ARTIFACT_DIR}/report.md` of MLflow run `{comparison.run_id}`.")])
+    return ReportFiles(comparison.run_id, out_dir / "report.md", out_dir / "report.html", tables)
+
+
+def report_run(cfg: PipelineConfig, run_id: str | None = None, out_dir: str | Path | None = None) -> ReportFiles:
+    """Collect run ``run_id`` (default: the newest pipeline run), render it into ``out_dir`` (default:
+    work_dir/reports/<run id>) and log it to that run under ``report/``."""
+    from mlflow import MlflowClient
+
+    setup_tracking(cfg)
+    client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    run_id = run_id or latest_parent_run(client, cfg.tracking.experiment)
+    files = write_comparison_report(collect_comparison(client, run_id), out_dir or cfg.work_dir / "reports" / run_id)
+    client.log_artifacts(run_id, str(files.markdown_path.parent), REPORT_ARTIFACT_DIR)
+    return files

@@ -21,10 +21,11 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, Traine
 
 from lora_pipeline.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model, count_parameters,
                                     save_adapter)
-from lora_pipeline.base_models import get_spec, load_tokenizer
+from lora_pipeline.base_models import get_spec, load_classifier_base, load_tokenizer
 from lora_pipeline.generative import IGNORE, PromptFormat, build_prompt, training_example
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.data import DomainSplits
+from lora_pipeline.errors import ConfigError
 from lora_pipeline.metrics import classification_metrics
 
 # Domains train in parallel threads; the global RNG is seeded and consumed for adapter init under this
@@ -79,13 +80,10 @@ def _generative_dataset(splits: DomainSplits, split: str, tokenizer, fmt: Prompt
             for text, label in zip(df["text"], df["label"])]
 
 
-def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | Path) -> TrainedAdapter:
-    output_dir = Path(output_dir)
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
+def _fit(model, splits: DomainSplits, cfg: PipelineConfig, output_dir: Path, learning_rate: float):
+    """Train ``model`` on the domain's train split with the HF Trainer, evaluating on val once per epoch
+    and keeping the best checkpoint. Returns (trainer, tokenizer, train seconds)."""
     causal = get_spec(cfg.base.name).kind == "causal"
-
-    # --- setup
     tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
     if causal:  # prompt listing the labels -> " label"; the loss is on the answer tokens only
         fmt = PromptFormat(cfg.generative.instruction, splits.labels, cfg.base.max_length)
@@ -96,18 +94,13 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         train_ds = _encode(splits, "train", tokenizer, cfg.base.max_length)
         val_ds = _encode(splits, "val", tokenizer, cfg.base.max_length)
         collator = DataCollatorWithPadding(tokenizer)  # dynamic padding: short texts stay short
-    with _INIT_LOCK:
-        set_seed(cfg.train.seed)
-        model = build_lora_model(cfg.base.name, splits.labels, cfg.lora, cfg.base.cache_dir)
-    trainable, total = count_parameters(model)
     total_steps, eval_every = _schedule(len(train_ds), cfg)
-    checkpoints = output_dir / "checkpoints"
     args = TrainingArguments(
-        output_dir=str(checkpoints),
+        output_dir=str(output_dir / "checkpoints"),
         max_steps=total_steps,
         per_device_train_batch_size=cfg.train.batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size if not causal else cfg.generative.score_batch_size,
-        learning_rate=cfg.train.learning_rate,
+        learning_rate=learning_rate,
         weight_decay=cfg.train.weight_decay,
         warmup_steps=cfg.train.warmup_ratio,  # a float < 1 is a share of the total steps
         eval_strategy="steps",
@@ -135,19 +128,29 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         m = classification_metrics(pred.label_ids, y_pred, list(range(len(splits.labels))))
         return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
 
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=val_ds,
-        data_collator=collator,
-        compute_metrics=None if causal else compute_metrics,
-    )
-
-    # --- train
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+                      compute_metrics=None if causal else compute_metrics)
     started = time.perf_counter()
     trainer.train()
-    train_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    return trainer, tokenizer, seconds
+
+
+def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | Path) -> TrainedAdapter:
+    output_dir = Path(output_dir)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    causal = get_spec(cfg.base.name).kind == "causal"
+
+    # --- setup
+    with _INIT_LOCK:
+        set_seed(cfg.train.seed)
+        model = build_lora_model(cfg.base.name, splits.labels, cfg.lora, cfg.base.cache_dir)
+    trainable, total = count_parameters(model)
+
+    # --- train
+    trainer, tokenizer, train_seconds = _fit(model, splits, cfg, output_dir, cfg.train.learning_rate)
     best = trainer.state.best_metric
 
     # --- save (adapter + head + label map; never the base)
@@ -164,7 +167,6 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         loaded = LoadedAdapter(meta=meta, model=trainer.model, tokenizer=tokenizer)
         best = classification_metrics(val["label"].tolist(), loaded.predict(val["text"].tolist(),
                                       cfg.generative.score_batch_size), splits.labels)["macro_f1"]
-    shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainedAdapter(
         domain=splits.domain,
         adapter_dir=str(adapter_dir),
@@ -177,3 +179,31 @@ def train_adapter(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | P
         best_val_macro_f1=float(best) if best is not None else float("nan"),
         trained_on=f"{socket.gethostname()}:{os.getpid()}",
     )
+
+
+@dataclass
+class FullFineTune:
+    """The comparison point of the benchmarks: the same base with every weight trained (no LoRA)."""
+    model: LoadedAdapter  # held in memory only: a full copy of the base is what this product avoids storing
+    train_seconds: float
+    steps: int
+    trainable_params: int
+    best_val_macro_f1: float
+
+
+def train_full_model(splits: DomainSplits, cfg: PipelineConfig, output_dir: str | Path,
+                     learning_rate: float) -> FullFineTune:
+    """Same data, schedule, batch and checkpoint choice as :func:`train_adapter`; every weight trainable.
+    Encoder bases only (a causal LM's full fine-tune would need the vocabulary-sized LM head trained too)."""
+    if get_spec(cfg.base.name).kind != "encoder":
+        raise ConfigError(f"base.name={cfg.base.name}: the full fine-tune baseline supports encoder bases only")
+    with _INIT_LOCK:
+        set_seed(cfg.train.seed)
+        model = load_classifier_base(cfg.base.name, splits.labels)
+    trainable, _ = count_parameters(model)
+    trainer, tokenizer, seconds = _fit(model, splits, cfg, Path(output_dir), learning_rate)
+    meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=cfg.base.name,
+                       max_length=cfg.base.max_length)
+    return FullFineTune(model=LoadedAdapter(meta=meta, model=trainer.model.eval(), tokenizer=tokenizer),
+                        train_seconds=round(seconds, 3), steps=trainer.state.global_step,
+                        trainable_params=trainable, best_val_macro_f1=float(trainer.state.best_metric))

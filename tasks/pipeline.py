@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import Task, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
@@ -29,6 +30,7 @@ from lora_pipeline.registry import (  # noqa: E402
     log_and_register,
     start_parent_run,
 )
+from lora_pipeline.report import ReportFiles, report_run  # noqa: E402
 from lora_pipeline.training import TrainedAdapter, train_adapter  # noqa: E402
 
 # Cache keys: the library's notion of "same adapter" + Prefect's hash of the task's own source.
@@ -81,8 +83,17 @@ def register_adapter_task(
 
 
 @task(name="finish-tracking")
-def finish_tracking_task(parent_run_id: str, failed_domains: list[str]) -> None:
-    finish_parent_run(parent_run_id, failed_domains)
+def finish_tracking_task(parent_run_id: str, failed_domains: list[str], domain_runs: dict[str, str]) -> None:
+    finish_parent_run(parent_run_id, failed_domains, domain_runs)
+
+
+@task(name="report-run")
+def report_run_task(cfg: PipelineConfig, run_id: str | None = None, out_dir: str | None = None) -> ReportFiles:
+    """The run's comparison report, logged to its MLflow run and shown as this task's Prefect artifact."""
+    files = report_run(cfg, run_id, out_dir)
+    create_markdown_artifact(key="comparison-report", markdown=files.tables_markdown,
+                             description=f"Per-domain comparison of MLflow run {files.run_id}")
+    return files
 
 
 def configure(t: Task, cfg: PipelineConfig) -> Task:

@@ -84,11 +84,75 @@ def test_no_change_rerun_hits_the_cache_and_registers_nothing(project, registry)
     for domain in DOMAINS:
         assert states[f"train-{domain}"] == "Cached"
         assert states[f"evaluate-{domain}"] == "Cached"
+    # The re-run's MLflow run names the runs that trained its (cached) domains, and got its report.
+    [report_task] = [t for t in tasks if t.name.startswith("report-run")]
+    assert report_task.state.name == "Completed"
+    [rerun] = [r for r in _parent_runs(registry) if r.data.tags.get("domain_run/amazon")][:1]
+    for domain in DOMAINS:
+        [v1] = [v for v in registry.search_model_versions(f"name='vader-{domain}'") if str(v.version) == "1"]
+        assert rerun.data.tags[f"domain_run/{domain}"] == v1.run_id
+    assert {"report/report.md", "report/report.html"} <= {a.path for a in registry.list_artifacts(rerun.info.run_id, "report")}
 
     # Asked for explicitly, a rebuild of an unchanged domain retrains and registers it anyway.
     [row] = retrain(config=cfg, domains=["tweets"], refresh=True)
     assert row["status"] == "registered" and row["version"] == str(len(before["tweets"]) + 1)
     assert _versions(registry, "vader-amazon") == before["amazon"]
+
+
+def _parent_runs(client: MlflowClient) -> list:
+    """Pipeline (parent) runs, newest first."""
+    experiment = client.get_experiment_by_name("lora-pipeline")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _table_row(markdown: str, section: str, first_cell: str) -> list[str]:
+    """The cells of the row starting with ``first_cell`` in the first table after heading ``section``."""
+    after = markdown.split(f"## {section}\n", 1)[1]
+    for line in after.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row '{first_cell}' under '{section}'")
+
+
+def test_report_renders_a_run_from_mlflow_and_publishes_it(project, registry, tmp_path, capsys):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    first = _parent_runs(registry)[-1]  # the fixture's run: both domains trained
+    out = tmp_path / "report"
+    assert _cli(project, "report", "--run-id", first.info.run_id, "--out", str(out)) == 0
+
+    markdown = (out / "report.md").read_text()
+    for domain in DOMAINS:
+        [v1] = [v for v in registry.search_model_versions(f"name='vader-{domain}'") if str(v.version) == "1"]
+        metrics = registry.get_run(v1.run_id).data.metrics
+        # columns: domain, zero-shot base, TF-IDF+LR, LoRA adapter, adapter - base
+        row = _table_row(markdown, "macro_f1", domain)
+        assert row[1:4] == [f"{metrics[f'{m}_macro_f1']:.3f}" for m in ("base", "tfidf", "adapter")]
+        assert row[4] == f"{metrics['adapter_macro_f1'] - metrics['base_macro_f1']:+.3f}"
+        assert _table_row(markdown, "accuracy", domain)[3] == f"{metrics['adapter_accuracy']:.3f}"
+        for model in ("base", "tfidf", "adapter"):
+            assert (out / f"confusion_{domain}_{model}.png").stat().st_size > 1000
+            assert f"(confusion_{domain}_{model}.png)" in markdown
+    assert "(quality_macro_f1.png)" in markdown and (out / "quality_macro_f1.png").stat().st_size > 1000
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 + 3 * len(DOMAINS)  # self-contained: chart + matrices
+
+    logged = {a.path for a in registry.list_artifacts(first.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/quality_macro_f1.png"} <= logged
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["comparison-report"])))
+    assert any(first.info.run_id in (a.description or "") and "| amazon |" in a.data for a in artifacts)
+
+    # Wrong ids: one line naming the problem.
+    capsys.readouterr()
+    assert _cli(project, "report", "--run-id", "0" * 32) == 1
+    assert "not found" in capsys.readouterr().err
+    child = registry.get_run(registry.get_model_version("vader-amazon", "1").run_id)
+    assert _cli(project, "report", "--run-id", child.info.run_id) == 1
+    assert f"report its pipeline run {first.info.run_id}" in capsys.readouterr().err
 
 
 def _wait_for_deployment(client, name: str, server: subprocess.Popen, timeout_s: float = 240):
