@@ -1,7 +1,8 @@
 """Train one domain's LoRA adapter with the HF Trainer: setup -> train -> save.
 
 The best checkpoint by validation macro-F1 is kept (``load_best_model_at_end``); only the adapter,
-its head and the label map are saved.
+its head and the label map are saved. ``train_full_model`` runs the same recipe with every weight of the
+base trained: the benchmarks' comparison point, never registered.
 """
 
 from __future__ import annotations
