@@ -21,9 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from lora_pipeline.config import apply_runtime_env, load_config  # noqa: E402
+from lora_pipeline.config import apply_runtime_env, load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     project.mkdir(parents=True)
     cfg = load_config(args.config, [*args.overrides, f"runtime.project_dir={project}", "api.poll_interval_s=0"])
     if cfg.data.path is None:  # the built-in set, fetched once into this checkout, not into every scratch project
-        from lora_pipeline.datasets import resolve_data_path
+        from lora_pipeline.data.datasets import resolve_data_path
 
         cfg = load_config(args.config, [*args.overrides, f"runtime.project_dir={project}", "api.poll_interval_s=0",
                                         f"data.path={resolve_data_path(None, REPO_ROOT)}"])
@@ -67,9 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.bench_serving import machine, measure_serving
     from benchmarks.bench_training import full_finetune_quality, matmul_flops_per_s, step_cost
     from benchmarks.report import ratios, write_report
-    from lora_pipeline.base_models import base_model_bytes
-    from lora_pipeline.data import prepare_data
-    from lora_pipeline.report import collect_comparison, latest_parent_run
+    from lora_pipeline.models.bases import base_model_bytes
+    from lora_pipeline.data.prepare import prepare_data
+    from lora_pipeline.reporting.report import collect_comparison, latest_parent_run
     from mlflow import MlflowClient
 
     pipeline = measure_pipeline(cfg)

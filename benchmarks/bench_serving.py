@@ -30,9 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from lora_pipeline.config import PipelineConfig, apply_runtime_env, load_config  # noqa: E402
+from lora_pipeline.config import PipelineConfig, apply_runtime_env, load_config
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "serving.json"
 # Enough for every stage to be real, small enough to train all four domains in ~1.5 min on 2 cores.
@@ -61,7 +60,7 @@ def workload(cfg: PipelineConfig, domains: list[str], n: int, seed: int = 0) -> 
     """``n`` (domain, text) pairs in random domain order, texts from each domain's own data."""
     import pandas as pd
 
-    from lora_pipeline.datasets import resolve_data_path
+    from lora_pipeline.data.datasets import resolve_data_path
 
     data = pd.read_csv(resolve_data_path(cfg.data.path, cfg.project_dir), dtype=str, keep_default_na=False)
     rng = random.Random(seed)
@@ -87,7 +86,7 @@ def through_batcher(run_batch, requests: list, batch_size: int, wait_ms: float) 
     """Every request (one item each) submitted at once to the server's MicroBatcher; results in order."""
     import asyncio
 
-    from lora_pipeline.batching import MicroBatcher
+    from lora_pipeline.serving.batching import MicroBatcher
 
     async def go():
         batcher = MicroBatcher(run_batch, batch_size, wait_ms)
@@ -105,8 +104,10 @@ def mixed_batch(service):
 
 
 def switching_batch(service):
-    """One batch: group rows by domain, switch the active adapter, one forward per group."""
+    """One batch: group rows by domain, switch the active adapter, one forward per group (encoder bases)."""
     import torch
+
+    from lora_pipeline.models.encoder import encode
 
     def run(items):
         pool, served = service.pool, service.served
@@ -117,7 +118,7 @@ def switching_batch(service):
                     rows = [(i, text) for i, (d, text) in enumerate(items) if d == domain]
                     adapter = served[domain]
                     pool.model.set_adapter(adapter.slot)
-                    batch = pool.encode([t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
+                    batch = encode(pool.tokenizer, [t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
                     logits = pool.model(**batch).logits[:, : len(adapter.labels)]
                     for (i, _), k in zip(rows, logits.argmax(-1).tolist()):
                         labels[i] = adapter.labels[k]
@@ -191,8 +192,8 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
     champions of ``cfg``'s registry."""
     import torch
 
-    from lora_pipeline.adapters import load_adapter
-    from lora_pipeline.serving import ChampionService
+    from lora_pipeline.models.adapters import load_adapter
+    from lora_pipeline.serving.service import ChampionService
 
     service = ChampionService(cfg)
     report = service.reload()

@@ -25,24 +25,24 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from lora_pipeline.config import PipelineConfig  # noqa: E402
+from lora_pipeline.config import PipelineConfig
 
 
 def full_finetune_quality(cfg: PipelineConfig, prepared, learning_rates: list[float], work_dir: Path) -> dict[str, dict]:
     """domain -> macro-F1, accuracy (test) and training cost of the full fine-tune. With several learning
     rates, each is trained and the one with the best validation macro-F1 is scored on test (the LoRA
     learning rate was chosen on validation too, so the full fine-tune gets the same chance)."""
-    from lora_pipeline.metrics import classification_metrics
-    from lora_pipeline.training import train_full_model
+    from lora_pipeline.evaluation.metrics import classification_metrics
+    from lora_pipeline.provenance import training_inputs
+    from lora_pipeline.training.trainer import train_full_model
 
     out = {}
     for domain, splits in sorted(prepared.domains.items()):
         best, tried = None, {}
         for lr in learning_rates:
             print(f"full fine-tune: {domain}, lr {lr} ...", flush=True)
-            full = train_full_model(splits, cfg, work_dir / domain / str(lr), lr)
+            full = train_full_model(splits, training_inputs(cfg), work_dir / domain / str(lr), lr)
             tried[str(lr)] = {"best_val_macro_f1": round(full.best_val_macro_f1, 4), "train_seconds": full.train_seconds}
             if best is None or full.best_val_macro_f1 > best[1].best_val_macro_f1:
                 best = (lr, full)
@@ -111,8 +111,9 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import set_seed
 
-    from lora_pipeline.adapters import build_lora_model, count_parameters
-    from lora_pipeline.base_models import load_classifier_base, load_tokenizer
+    from lora_pipeline.models import kind_of
+    from lora_pipeline.models.adapters import build_lora_model, count_parameters
+    from lora_pipeline.models.bases import get_spec, load_tokenizer
 
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -129,7 +130,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     if method == "lora":
         model = build_lora_model(cfg.base.name, splits.labels, cfg.lora, cfg.base.cache_dir)
     else:
-        model = load_classifier_base(cfg.base.name, splits.labels)
+        model = kind_of(cfg.base.name).load_base(get_spec(cfg.base.name), splits.labels, cfg.base.cache_dir)
     model.to(device).train()
     trainable, total = count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from lora_pipeline.config import apply_runtime_env
-    from lora_pipeline.data import DomainSplits
+    from lora_pipeline.data.prepare import DomainSplits
 
     cfg = PipelineConfig.model_validate_json(args.config_json.read_text())
     apply_runtime_env(cfg)

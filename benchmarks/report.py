@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_pipeline.report import plot_grouped_bars, render_markdown
+from lora_pipeline.reporting.report import plot_grouped_bars, render_markdown
 
 MODELS = {"base": "zero-shot base", "tfidf": "TF-IDF+LR", "adapter": "LoRA adapter", "full_finetune": "full fine-tune"}
 MB = 1024 * 1024

@@ -14,7 +14,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from lora_pipeline.config import PipelineConfig, load_config
 from lora_pipeline.errors import DomainFailure
-from lora_pipeline.report import format_results_table, summary_rows
+from lora_pipeline.provenance import evaluation_inputs, training_inputs
+from lora_pipeline.reporting.report import format_results_table, summary_rows
 from tasks.pipeline import (
     configure,
     evaluate_adapter_task,
@@ -73,8 +74,9 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
 
     # Submitted stage by stage so the pool's workers start every domain's training before any
     # evaluation task blocks a worker waiting on its upstream.
-    trained = {d: train_adapter.submit(cfg, s) for d, s in prepared.domains.items()}
-    evaluated = {d: evaluate_adapter.submit(cfg, s, trained[d]) for d, s in prepared.domains.items()}
+    training, evaluation = training_inputs(cfg), evaluation_inputs(cfg)  # what each stage reads of the config
+    trained = {d: train_adapter.submit(s, training, cfg.work_dir) for d, s in prepared.domains.items()}
+    evaluated = {d: evaluate_adapter.submit(s, training, evaluation, trained[d]) for d, s in prepared.domains.items()}
     registered = {
         d: register_adapter.submit(cfg, parent_run_id, prepared, s, trained[d], evaluated[d])
         for d, s in prepared.domains.items()

@@ -31,19 +31,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    overrides = list(args.overrides)
-    # Named flags are shorthands for --set data.*.
-    for flag, key in [("data", "path"), ("text_col", "text_col"), ("label_col", "label_col"),
-                      ("domain_col", "domain_col")]:
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"data.{key}={value}")
-    for flag in ("host", "port"):  # serve's shorthands for --set api.*
+    """--config and --set, then the named flags as values: `--text-col yes` stays the string "yes" and a
+    path keeps its '#' (only --set values are parsed as YAML)."""
+    values = {}
+    # Named flags are shorthands for data.* and (serve) api.* keys.
+    for flag, key in [("data", "data.path"), ("text_col", "data.text_col"), ("label_col", "data.label_col"),
+                      ("domain_col", "data.domain_col"), ("host", "api.host"), ("port", "api.port")]:
         if getattr(args, flag, None) is not None:
-            overrides.append(f"api.{flag}={getattr(args, flag)}")
+            values[key] = getattr(args, flag)
     if getattr(args, "domains", None):
-        overrides.append(f"data.domains=[{args.domains}]")
-    return load_config(args.config, overrides)
+        values["data.domains"] = [d.strip() for d in args.domains.split(",") if d.strip()]
+    return load_config(args.config, list(args.overrides), values=values)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -68,7 +66,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from lora_pipeline.servers import start_servers
+    from lora_pipeline.ops.servers import start_servers
 
     servers = start_servers(_config_from_args(args))
     for server in servers:
@@ -80,7 +78,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from lora_pipeline.servers import stop_servers
+    from lora_pipeline.ops.servers import stop_servers
 
     stopped = stop_servers(_config_from_args(args))
     print("\n".join(f"stopped {s.name} (pid {s.pid})" for s in stopped) or "no servers of this project were running")
@@ -98,7 +96,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from lora_pipeline import catalog, champions
+    from lora_pipeline.registry import catalog, champions
 
     cfg = _config_from_args(args)
     _require_store(cfg)
@@ -135,9 +133,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lora_pipeline.api import create_app
-
-    from lora_pipeline.serving import ChampionService
+    from lora_pipeline.serving.api import create_app
+    from lora_pipeline.serving.service import ChampionService
 
     cfg = _config_from_args(args)
     _require_store(cfg)
@@ -153,7 +150,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from lora_pipeline.serving import ChampionService
+    from lora_pipeline.serving.service import ChampionService
 
     cfg = _config_from_args(args)
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
@@ -174,7 +171,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch_data(args: argparse.Namespace) -> int:
-    from lora_pipeline.datasets import resolve_data_path
+    from lora_pipeline.data.datasets import resolve_data_path
 
     cfg = _config_from_args(args)
     print(resolve_data_path(None, cfg.project_dir))

@@ -250,12 +250,56 @@ class PipelineConfig(_Section):
         return sha256_json(chosen)
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
+class TrainingInputs(_Section):
+    """Everything training reads, and nothing else: an adapter's identity is the hash of this (plus its data
+    and code), so a setting cannot change the weights without changing the cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base: BaseModelConfig
+    lora: LoraSettings
+    train: TrainConfig
+    instruction: str | None = Field(
+        None, description="The prompt's first line, for kinds that train on a prompt (causal LMs); null otherwise.")
+
+    def sha256(self) -> str:
+        return sha256_json(self.model_dump(mode="json"))
+
+
+class EvaluationInputs(_Section):
+    """Everything evaluation reads besides the adapter itself: the evaluation's identity is its hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base: BaseModelConfig
+    eval: EvalConfig
+    generative: GenerativeConfig | None = Field(
+        None, description="Prompted kinds: the baselines' prompt, few-shot k and scoring batch; null otherwise.")
+    seed: int = Field(42, description="Seed of anything evaluation draws (the few-shot examples): split.seed.")
+
+    def sha256(self) -> str:
+        return sha256_json(self.model_dump(mode="json"))
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """``section.key=value`` -> (key, value parsed as YAML: ints, floats, bools, lists "[a,b]", null)."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
-    # YAML parsing gives ints, floats, bools, lists ("[a,b]") and null for free.
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    key = key.strip()
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override '{key}': value {raw!r} is not valid YAML ({problem})") from None
+
+
+def _set_key(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for k in parts[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{k}' is not a section")
+    node[parts[-1]] = value
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -269,22 +313,26 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     env: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
 ) -> PipelineConfig:
-    """Build the config: defaults, then ``path``, then ``section.key=value`` overrides, then env."""
+    """Build the config: defaults, then ``path``, then ``section.key=value`` overrides, then ``values``
+    (``{"data.text_col": "yes"}``: already typed, never parsed, as the CLI's named flags give them), then env."""
     raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()) or {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        raw = _merge(raw, yaml.safe_load(path.read_text()) or {})
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: must be a mapping of sections (as lora_pipeline/default.yaml)")
+        raw = _merge(raw, loaded)
     for item in overrides or []:
-        keys, value = _parse_override(item)
-        node = raw
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{k}' is not a section")
-        node[keys[-1]] = value
+        _set_key(raw, *_parse_override(item))
+    for key, value in (values or {}).items():
+        _set_key(raw, key, value)
     env = os.environ if env is None else env
     if env.get("MLFLOW_TRACKING_URI"):
         raw.setdefault("tracking", {})["tracking_uri"] = env["MLFLOW_TRACKING_URI"]

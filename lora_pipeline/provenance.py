@@ -1,8 +1,10 @@
-"""What made an adapter: the code, the data and the config, each reduced to a hash.
+"""What made an adapter: the code, the data and the config groups it was given, each reduced to a hash.
 
 ``adapter_key`` is the identity of one trained adapter. It names the adapter's directory, keys the
 Prefect cache of training and evaluation, and is stored on the registered version so that re-running
-with nothing changed registers nothing new.
+with nothing changed registers nothing new. It is derived from exactly what training receives
+(:class:`TrainingInputs`), never from a hand-kept list of config keys; the evaluation's key likewise
+from :class:`EvaluationInputs`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import subprocess
 from pathlib import Path
 
 from lora_pipeline import __version__
-from lora_pipeline.config import PipelineConfig, sha256_json
-from lora_pipeline.data import DomainSplits
+from lora_pipeline.config import EvaluationInputs, PipelineConfig, TrainingInputs, sha256_json
+from lora_pipeline.data.prepare import DomainSplits
+from lora_pipeline.models import kind_of
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Config sections that change the trained weights. Not here: data.domains (which domains to build),
-# eval/promotion (applied after training), tracking/runtime/schedule/servers (where and when things run).
-TRAINING_SECTIONS = ("base", "lora", "train")
+# The code that builds an adapter (all subpackages' .py files), and what evaluation adds to it. Not the
+# config module (the values it gives are hashed through the input groups), registry, serving or reporting:
+# editing the API or a report must not retrain every domain.
+ADAPTER_CODE = ("data", "models", "training")
+EVALUATION_CODE = ADAPTER_CODE + ("evaluation",)
 
 
 @functools.cache
@@ -36,28 +41,44 @@ def code_version() -> str:
 
 
 @functools.cache
-def code_fingerprint() -> str:
-    """sha256 of the library's source and default config: any edit to how adapters are built changes it.
+def code_fingerprint(packages: tuple[str, ...] = ADAPTER_CODE) -> str:
+    """sha256 of the source of ``packages`` (subpackages of lora_pipeline, recursively).
 
-    Finer than the git commit (a README change does not retrain) and exact for uncommitted edits.
+    Finer than the git commit (a README or API change does not retrain) and exact for uncommitted edits.
     """
     digest = hashlib.sha256()
-    for path in sorted([*PACKAGE_DIR.glob("*.py"), *PACKAGE_DIR.glob("*.yaml")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for package in packages:
+        for path in sorted((PACKAGE_DIR / package).rglob("*.py")):
+            digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def adapter_key(cfg: PipelineConfig, splits: DomainSplits) -> str:
-    """Identity of the adapter trained from this domain's rows with this config and code."""
+def training_inputs(cfg: PipelineConfig) -> TrainingInputs:
+    """The config groups training reads; the prompt only for kinds that train on one."""
+    prompted = kind_of(cfg.base.name).prompted
+    return TrainingInputs(base=cfg.base, lora=cfg.lora, train=cfg.train,
+                          instruction=cfg.generative.instruction if prompted else None)
+
+
+def evaluation_inputs(cfg: PipelineConfig) -> EvaluationInputs:
+    """The config groups evaluation reads; the generative settings only for prompted kinds."""
+    prompted = kind_of(cfg.base.name).prompted
+    return EvaluationInputs(base=cfg.base, eval=cfg.eval, generative=cfg.generative if prompted else None,
+                            seed=cfg.split.seed)
+
+
+def adapter_key(splits: DomainSplits, training: TrainingInputs) -> str:
+    """Identity of the adapter trained from this domain's rows with these inputs and this code."""
     return sha256_json({
         "domain": splits.domain,
         "domain_fingerprint": splits.fingerprint,
         "labels": splits.labels,
-        "config": cfg.sha256(*TRAINING_SECTIONS),
-        "code": code_fingerprint(),
+        "training": training.sha256(),
+        "code": code_fingerprint(ADAPTER_CODE),
     })
 
 
-def evaluation_key(cfg: PipelineConfig, splits: DomainSplits) -> str:
-    """Identity of one evaluation: the adapter it evaluates plus the evaluation settings."""
-    return sha256_json({"adapter": adapter_key(cfg, splits), "eval": cfg.sha256("eval")})
+def evaluation_key(splits: DomainSplits, training: TrainingInputs, evaluation: EvaluationInputs) -> str:
+    """Identity of one evaluation: the adapter it evaluates, the evaluation inputs and code."""
+    return sha256_json({"adapter": adapter_key(splits, training), "evaluation": evaluation.sha256(),
+                        "code": code_fingerprint(EVALUATION_CODE)})

@@ -15,27 +15,25 @@ from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
 
-from lora_pipeline.config import PipelineConfig, apply_runtime_env
+from lora_pipeline.config import EvaluationInputs, PipelineConfig, TrainingInputs, apply_runtime_env
 
 apply_runtime_env()  # a Dask worker imports this module first: offline/no-telemetry before transformers loads
 
-from lora_pipeline.data import DomainSplits, PreparedData, prepare_data  # noqa: E402
-from lora_pipeline.datasets import resolve_data_path  # noqa: E402
+from lora_pipeline.data.datasets import resolve_data_path  # noqa: E402
+from lora_pipeline.data.prepare import DomainSplits, PreparedData, prepare_data  # noqa: E402
 from lora_pipeline.errors import is_transient  # noqa: E402
-from lora_pipeline.evaluation import DomainEvaluation, evaluate_domain  # noqa: E402
+from lora_pipeline.evaluation.evaluate import DomainEvaluation, evaluate_domain  # noqa: E402
 from lora_pipeline.provenance import adapter_key, evaluation_key  # noqa: E402
-from lora_pipeline.registry import (  # noqa: E402
-    RegisteredAdapter,
-    finish_parent_run,
-    log_and_register,
-    start_parent_run,
-)
-from lora_pipeline.report import ReportFiles, report_run  # noqa: E402
-from lora_pipeline.training import TrainedAdapter, train_adapter  # noqa: E402
+from lora_pipeline.registry.register import RegisteredAdapter, log_and_register  # noqa: E402
+from lora_pipeline.registry.tracking import finish_parent_run, start_parent_run  # noqa: E402
+from lora_pipeline.reporting.report import ReportFiles, report_run  # noqa: E402
+from lora_pipeline.training.trainer import TrainedAdapter, train_adapter  # noqa: E402
 
-# Cache keys: the library's notion of "same adapter" + Prefect's hash of the task's own source.
-TRAIN_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: adapter_key(p["cfg"], p["splits"]))
-EVALUATE_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: evaluation_key(p["cfg"], p["splits"]))
+# Cache keys: exactly the inputs each task hands to the library (+ data and code), and Prefect's hash of
+# the task's own source.
+TRAIN_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: adapter_key(p["splits"], p["training"]))
+EVALUATE_CACHE = TASK_SOURCE + CacheKeyFnPolicy(
+    cache_key_fn=lambda ctx, p: evaluation_key(p["splits"], p["training"], p["evaluation"]))
 
 
 def retry_if_transient(task, task_run, state) -> bool:
@@ -44,8 +42,8 @@ def retry_if_transient(task, task_run, state) -> bool:
     return isinstance(error, BaseException) and not isinstance(error, TaskRunTimeoutError) and is_transient(error)
 
 
-def adapter_dir_for(cfg: PipelineConfig, splits: DomainSplits) -> Path:
-    return cfg.work_dir / "adapters" / splits.domain / adapter_key(cfg, splits)[:16]
+def adapter_dir_for(work_dir: Path, splits: DomainSplits, training: TrainingInputs) -> Path:
+    return Path(work_dir) / "adapters" / splits.domain / adapter_key(splits, training)[:16]
 
 
 @task(name="prepare-data")
@@ -60,14 +58,15 @@ def start_tracking_task(cfg: PipelineConfig, prepared: PreparedData, run_name: s
 
 
 @task(name="train-adapter", task_run_name="train-{splits.domain}", cache_policy=TRAIN_CACHE)
-def train_adapter_task(cfg: PipelineConfig, splits: DomainSplits) -> TrainedAdapter:
-    return train_adapter(splits, cfg, adapter_dir_for(cfg, splits))
+def train_adapter_task(splits: DomainSplits, training: TrainingInputs, work_dir: Path) -> TrainedAdapter:
+    return train_adapter(splits, training, adapter_dir_for(work_dir, splits, training))
 
 
 @task(name="evaluate-adapter", task_run_name="evaluate-{splits.domain}", cache_policy=EVALUATE_CACHE)
-def evaluate_adapter_task(cfg: PipelineConfig, splits: DomainSplits, trained: TrainedAdapter) -> DomainEvaluation:
-    out = Path(trained.adapter_dir).parent / f"evaluation-{evaluation_key(cfg, splits)[:12]}"
-    return evaluate_domain(splits, trained.adapter_dir, cfg, out)
+def evaluate_adapter_task(splits: DomainSplits, training: TrainingInputs, evaluation: EvaluationInputs,
+                          trained: TrainedAdapter) -> DomainEvaluation:
+    out = Path(trained.adapter_dir).parent / f"evaluation-{evaluation_key(splits, training, evaluation)[:12]}"
+    return evaluate_domain(splits, trained.adapter_dir, evaluation, out)
 
 
 @task(name="register-adapter", task_run_name="register-{splits.domain}")

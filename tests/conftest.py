@@ -29,7 +29,7 @@ def _no_tracking_uri_leaks(monkeypatch):
 @pytest.fixture(scope="session")
 def vader_csv() -> Path:
     """The built-in dataset (make test fetches it first; fetched here if missing)."""
-    from lora_pipeline.datasets import fetch_vader
+    from lora_pipeline.data.datasets import fetch_vader
 
     return fetch_vader(REPO_ROOT / "data" / "vader.csv")
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from lora_pipeline.adapter_pool import AdapterPool, PoolRequest
-from lora_pipeline.adapters import AdapterMeta, build_lora_model, load_adapter, save_adapter
+from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
+from lora_pipeline.models.adapters import AdapterMeta, build_lora_model, load_adapter, save_adapter
 from lora_pipeline.config import LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 

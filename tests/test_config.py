@@ -9,7 +9,7 @@ def test_defaults_record_demo_sizes():
     assert cfg.data.name == "vader"
     assert cfg.base.name == "all-minilm-l6-v2"
     assert cfg.split.max_train_rows > 0 and cfg.train.epochs > 0 and cfg.base.max_length > 0
-    from lora_pipeline.adapters import lora_settings_for
+    from lora_pipeline.models.adapters import lora_settings_for
 
     # null = the base's defaults; MiniLM's must train and save the new head, else it reloads random
     assert cfg.lora.modules_to_save is None
@@ -66,9 +66,40 @@ def test_config_hash_changes_with_values():
 
 def test_tracking_setup_does_not_redirect_the_next_config(tmp_path, monkeypatch):
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a later config in the same process must not see it."""
-    from lora_pipeline.registry import setup_tracking
+    from lora_pipeline.registry.tracking import setup_tracking
 
     first = load_config(overrides=[f"runtime.project_dir={tmp_path / 'a'}"])
     setup_tracking(first)
     second = load_config(overrides=[f"runtime.project_dir={tmp_path / 'b'}"])
     assert second.tracking_uri == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize(
+    "argv, key, expected",
+    [
+        (["--text-col", "yes"], ("data", "text_col"), "yes"),  # a value, not YAML's boolean
+        (["--data", "my data #1.csv"], ("data", "path"), "my data #1.csv"),  # '#' is not a comment
+        (["--label-col", "rating: 1-5"], ("data", "label_col"), "rating: 1-5"),  # ': ' is not a mapping
+        (["--domains", "2019,2020"], ("data", "domains"), ["2019", "2020"]),  # names, not integers
+        (["--set", "train.epochs=2"], ("train", "epochs"), 2),  # --set values are YAML
+    ],
+)
+def test_cli_flags_are_values_and_only_set_is_parsed(argv, key, expected):
+    from lora_pipeline.cli import _config_from_args, build_parser
+
+    cfg = _config_from_args(build_parser().parse_args(["run", *argv]))
+    assert getattr(getattr(cfg, key[0]), key[1]) == expected
+
+
+def test_an_unparsable_set_value_is_one_line_naming_the_key(capsys):
+    from lora_pipeline.cli import main
+
+    assert main(["config", "--set", "data.domains=["]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: override 'data.domains'")
+
+
+def test_the_schema_default_base_is_the_configs():
+    from lora_pipeline.registry.schema import DEFAULT_BASE
+
+    assert DEFAULT_BASE == load_config(env={}).base.name

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from lora_pipeline.config import load_config
-from lora_pipeline.data import load_table, prepare_data
+from lora_pipeline.data.prepare import load_table, prepare_data
 from lora_pipeline.errors import DataError
 
 

@@ -10,9 +10,10 @@ import torch
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from lora_pipeline.base_models import base_model_path, load_causal_base, load_tokenizer
+from lora_pipeline.models import kind_of
+from lora_pipeline.models.bases import base_model_path, get_spec, load_tokenizer
 from lora_pipeline.config import load_config
-from lora_pipeline.generative import IGNORE, PromptFormat, build_prompt, pick_examples, score_labels, training_example
+from lora_pipeline.models.prompting import IGNORE, PromptFormat, build_prompt, pick_examples, score_labels, training_example
 from tests.conftest import tiny_overrides
 
 BASE = "smollm2-135m"
@@ -22,7 +23,7 @@ TEXTS = ["I love it.", "The meeting is at noon on Tuesday in the second-floor ro
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_causal_base(BASE).eval(), load_tokenizer(BASE)
+    return kind_of(BASE).load_base(get_spec(BASE), [], None).eval(), load_tokenizer(BASE)
 
 
 def test_the_base_is_converted_once_to_safetensors_and_read_from_the_cache():
@@ -68,8 +69,8 @@ def test_label_scores_equal_one_prompt_at_a_time_without_padding(smollm2, labels
 @pytest.mark.integration
 def test_generative_adapter_runs_through_the_pipeline_and_the_server(tmp_path, vader_csv, prefect_harness):
     from flows.retrain import retrain
-    from lora_pipeline.api import create_app
-    from lora_pipeline.serving import ChampionService
+    from lora_pipeline.serving.api import create_app
+    from lora_pipeline.serving.service import ChampionService
 
     data = pd.read_csv(vader_csv, dtype=str, keep_default_na=False)
     data[data["domain"] == "tweets"].to_csv(tmp_path / "data.csv", index=False)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lora_pipeline.metrics import classification_metrics, plot_confusion_matrix
+from lora_pipeline.evaluation.metrics import classification_metrics, plot_confusion_matrix
 
 
 def test_metrics_against_hand_computed_confusion_matrix(tmp_path):

@@ -234,7 +234,7 @@ def _free_port() -> int:
 
 
 def test_ui_servers_show_runs_started_after_them_and_stop_cleanly(project):
-    from lora_pipeline.servers import _running, start_servers, stop_servers
+    from lora_pipeline.ops.servers import _running, start_servers, stop_servers
 
     cfg = load_config(overrides=tiny_overrides(project) + [f"data.path={project / 'data.csv'}",
                                                           f"servers.prefect_port={_free_port()}",

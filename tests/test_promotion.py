@@ -1,6 +1,6 @@
 import pytest
 
-from lora_pipeline.promotion import CHALLENGER, CHAMPION, decide_promotion
+from lora_pipeline.registry.promotion import CHALLENGER, CHAMPION, decide_promotion
 
 
 @pytest.mark.parametrize(

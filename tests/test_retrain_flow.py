@@ -13,8 +13,8 @@ import pytest
 from mlflow import MlflowClient
 
 from lora_pipeline.cli import main
-from lora_pipeline.metrics import SCALAR_METRICS
-from lora_pipeline.promotion import decide_promotion
+from lora_pipeline.evaluation.metrics import SCALAR_METRICS
+from lora_pipeline.registry.promotion import decide_promotion
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration

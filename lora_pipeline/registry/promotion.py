@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+from lora_pipeline.registry.schema import CHALLENGER, CHAMPION
+
 # Ties count as met: 0.42 - 0.40 is 0.0199999... in floating point, and metric values are exact ratios.
 _TOL = 1e-9
 

@@ -22,12 +22,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.models import Model
 
-from lora_pipeline.adapter_pool import AdapterPool, PoolRequest
-from lora_pipeline.catalog import MANAGED_TAG
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
-from lora_pipeline.promotion import CHAMPION
-from lora_pipeline.registry import DEFAULT_BASE
+from lora_pipeline.registry import schema
+from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
 # Run metrics shown next to each served adapter in GET /adapters.
 SHOWN_METRICS = ("adapter_macro_f1", "adapter_accuracy", "base_macro_f1", "tfidf_macro_f1",
@@ -90,16 +88,7 @@ class ChampionService:
     # -- registry -> pool -------------------------------------------------------------------------
     def champions(self) -> dict[str, tuple[str, str]]:
         """domain -> (registered model, champion version), for this config's dataset."""
-        found = {}
-        for model in self.client.search_registered_models(order_by=["name ASC"]):
-            tags = model.tags
-            if tags.get(MANAGED_TAG[0]) != MANAGED_TAG[1] or tags.get("dataset") != self.cfg.data.name:
-                continue
-            if tags.get("base_model", DEFAULT_BASE) != self.cfg.base.name:  # another base's champions
-                continue
-            if CHAMPION in model.aliases:
-                found[tags["domain"]] = (model.name, str(model.aliases[CHAMPION]))
-        return found
+        return schema.champions_by_domain(self.client, self.cfg.data.name, self.cfg.base.name)
 
     def reload(self, domains: list[str] | None = None) -> ReloadReport:
         """Bring the pool in line with the registry's champions (only ``domains`` when given)."""

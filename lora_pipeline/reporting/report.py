@@ -18,8 +18,10 @@ from pathlib import Path
 
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import RegistryError
-from lora_pipeline.metrics import SCALAR_METRICS, plot_confusion_matrix
-from lora_pipeline.registry import DOMAIN_RUN_TAG, setup_tracking
+from lora_pipeline.evaluation.metrics import SCALAR_METRICS, plot_confusion_matrix
+from lora_pipeline.registry import schema
+from lora_pipeline.registry.tracking import setup_tracking
+
 REPORT_ARTIFACT_DIR = "report"
 # Display names, in the order reports show them; evaluation.py's model keys.
 MODEL_NAMES = {"base": "zero-shot base", "fewshot": "few-shot base", "tfidf": "TF-IDF+LR", "adapter": "LoRA adapter"}
@@ -99,7 +101,7 @@ def latest_parent_run(client, experiment: str) -> str:
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=200) if found else []
     for run in runs:
-        if "mlflow.parentRunId" not in run.data.tags and run.data.tags.get("data_fingerprint"):
+        if "mlflow.parentRunId" not in run.data.tags and run.data.tags.get(schema.DATA_FINGERPRINT):
             return run.info.run_id
     raise RegistryError(f"no pipeline run in MLflow experiment '{experiment}' (run `lora-pipeline run` first)")
 
@@ -114,7 +116,7 @@ def collect_comparison(client, run_id: str) -> RunComparison:
     if "mlflow.parentRunId" in tags:
         raise RegistryError(f"run '{run_id}' is the domain run of '{tags.get('domain')}'; "
                             f"report its pipeline run {tags['mlflow.parentRunId']}")
-    domain_runs = {k[len(DOMAIN_RUN_TAG):]: v for k, v in tags.items() if k.startswith(DOMAIN_RUN_TAG)}
+    domain_runs = {k[len(schema.DOMAIN_RUN_PREFIX):]: v for k, v in tags.items() if k.startswith(schema.DOMAIN_RUN_PREFIX)}
     if not domain_runs:  # runs from before the tag existed: their nested runs
         children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
         domain_runs = {c.data.tags["domain"]: c.info.run_id for c in children if "domain" in c.data.tags}
@@ -132,8 +134,8 @@ def collect_comparison(client, run_id: str) -> RunComparison:
                 metrics={m: {k: v[k] for k in SCALAR_METRICS} for m, v in evaluation["metrics"].items()},
                 confusion={m: v["confusion_matrix"] for m, v in evaluation["metrics"].items()},
                 efficiency={k: run.data.metrics[k] for k in EFFICIENCY if k in run.data.metrics},
-                version=run.data.tags.get("registered_version", ""),
-                decision=run.data.tags.get("promotion_decision", ""),
+                version=run.data.tags.get(schema.REGISTERED_VERSION, ""),
+                decision=run.data.tags.get(schema.PROMOTION_DECISION, ""),
             ))
     return comparison
 

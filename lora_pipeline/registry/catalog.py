@@ -11,29 +11,19 @@ from mlflow.exceptions import MlflowException
 
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import RegistryError
-from lora_pipeline.promotion import CHAMPION
-
-MANAGED_TAG = ("managed_by", "lora-pipeline")  # set on every registered model the pipeline creates
+from lora_pipeline.registry import schema
+from lora_pipeline.registry.schema import CHAMPION
 
 
 def model_name_for(client: MlflowClient, cfg: PipelineConfig, domain_or_name: str) -> str:
     """'amazon' -> 'vader-amazon' (the config's dataset and base); a full registered name is taken as is."""
-    from lora_pipeline.registry import registered_name
-
-    for name in (registered_name(cfg, domain_or_name), domain_or_name):
+    for name in (schema.registered_name(cfg.data.name, domain_or_name, cfg.base.name), domain_or_name):
         try:
             client.get_registered_model(name)
             return name
         except MlflowException:
             continue
     raise RegistryError(f"model '{cfg.data.name}-{domain_or_name}': not in the registry at {cfg.tracking_uri}")
-
-
-def aliases_by_version(model) -> dict[str, list[str]]:
-    by_version: dict[str, list[str]] = {}
-    for alias, version in sorted(model.aliases.items()):
-        by_version.setdefault(str(version), []).append(alias)
-    return by_version
 
 
 def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:
@@ -51,17 +41,17 @@ def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:
         "train_seconds": metrics.get("train_seconds"),
         "latency_p50_ms": metrics.get("latency_p50_ms"),
         "n_train": metrics.get("n_train"),
-        "data": tags.get("domain_fingerprint", "")[:12],
-        "config": tags.get("config_sha256", "")[:12],
-        "code": tags.get("code_version", ""),
-        "decision": tags.get("promotion_decision", ""),
+        "data": tags.get(schema.DOMAIN_FINGERPRINT, "")[:12],
+        "config": tags.get(schema.CONFIG_SHA256, "")[:12],
+        "code": tags.get(schema.CODE_VERSION, ""),
+        "decision": tags.get(schema.PROMOTION_DECISION, ""),
     }
 
 
 def compare_versions(client: MlflowClient, name: str) -> pd.DataFrame:
     """Every version of ``name``, newest first, with its metrics, aliases and provenance."""
-    aliases = aliases_by_version(client.get_registered_model(name))
-    versions = client.search_model_versions(f"name='{name}'")
+    aliases = schema.aliases_by_version(client.get_registered_model(name))
+    versions = schema.versions_of(client, name)
     rows = [_version_row(client, v, aliases.get(str(v.version), [])) for v in versions]
     return pd.DataFrame(rows).sort_values("version", ascending=False).reset_index(drop=True)
 
@@ -69,14 +59,12 @@ def compare_versions(client: MlflowClient, name: str) -> pd.DataFrame:
 def list_models(client: MlflowClient) -> pd.DataFrame:
     """One row per pipeline-registered model: its domain, version count, aliases and champion's metrics."""
     rows = []
-    for model in client.search_registered_models(order_by=["name ASC"]):
-        if model.tags.get(MANAGED_TAG[0]) != MANAGED_TAG[1]:
-            continue
+    for model in schema.managed_models(client):
         aliases = {alias: str(v) for alias, v in model.aliases.items()}
-        versions = client.search_model_versions(f"name='{model.name}'")
+        versions = schema.versions_of(client, model.name)
         row = {
             "model": model.name,
-            "domain": model.tags.get("domain", ""),
+            "domain": model.tags.get(schema.DOMAIN, ""),
             "versions": len(versions),
             "latest": max((int(v.version) for v in versions), default=None),
             "aliases": ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())),

@@ -1,0 +1,147 @@
+"""Kind ``encoder``: a sentence encoder (BERT family) with a classification head per adapter.
+
+Training: LoRA on the attention projections, the new head (and the pooler) trained in full; the best
+checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the mean-pooled text
+embedding to an embedding of each label's description. Serving: every adapter's head is zero-padded to
+one shared width, and each row's logits are cut back to its own labels before the softmax.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+from peft import TaskType
+from transformers import AutoModel, AutoModelForSequenceClassification, DataCollatorWithPadding
+
+from lora_pipeline.models.bases import LOAD_LOCK, base_model_path, load_tokenizer
+from lora_pipeline.models.kind import ModelKind
+
+if TYPE_CHECKING:
+    from lora_pipeline.config import EvaluationInputs, TrainConfig, TrainingInputs
+    from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter
+
+# Head module names of transformers' sequence classifiers (BERT: classifier, decoder-only LMs: score).
+HEAD_NAMES = ("classifier", "score")
+
+
+class _EncodedTexts(torch.utils.data.Dataset):
+    def __init__(self, tokenizer, texts: list[str], labels: list[int], max_length: int):
+        self.encodings = tokenizer(texts, truncation=True, max_length=max_length)
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        item["labels"] = self.labels[i]
+        return item
+
+
+def encode(tokenizer, texts: list[str], max_lengths: list[int]) -> dict[str, torch.Tensor]:
+    """Truncate each text at its own adapter's max_length (as in training), then pad the batch."""
+    features: list[dict] = [{}] * len(texts)
+    for max_length in set(max_lengths):
+        rows = [i for i, m in enumerate(max_lengths) if m == max_length]
+        encoded = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length)
+        for j, i in enumerate(rows):
+            features[i] = {key: values[j] for key, values in encoded.items()}
+    return tokenizer.pad(features, return_tensors="pt")
+
+
+def _classifier(spec, labels: list[str]) -> torch.nn.Module:
+    """The base with a fresh classification head sized for ``labels`` (head size is fixed at load)."""
+    with LOAD_LOCK:
+        return AutoModelForSequenceClassification.from_pretrained(
+            base_model_path(spec.name), num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, use_safetensors=True)
+
+
+@torch.inference_mode()
+def _embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Mean-pooled, L2-normalised token embeddings: how all-MiniLM-L6-v2 makes sentence vectors."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length,
+                          padding=True, return_tensors="pt")
+        hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(out)
+
+
+class EncoderClassifier(ModelKind):
+    name: ClassVar[str] = "encoder"
+    task_type = TaskType.SEQ_CLS
+    checkpoint_metric = "macro_f1"
+    greater_is_better = True
+    baselines = ("base",)
+
+    def load_base(self, spec, labels, cache_dir):
+        return _classifier(spec, labels)
+
+    def training_data(self, tokenizer, splits, inputs: TrainingInputs):
+        label_ids = {label: i for i, label in enumerate(splits.labels)}
+
+        def encoded(split: str) -> _EncodedTexts:
+            df = splits.read(split)
+            return _EncodedTexts(tokenizer, df["text"].tolist(), [label_ids[x] for x in df["label"]],
+                                 inputs.base.max_length)
+
+        return encoded("train"), encoded("val"), DataCollatorWithPadding(tokenizer)  # dynamic padding
+
+    def compute_metrics(self, labels):
+        from lora_pipeline.evaluation.metrics import classification_metrics  # training only: not in a server
+
+        def compute(pred) -> dict[str, float]:
+            y_pred = np.asarray(pred.predictions).argmax(axis=-1)
+            m = classification_metrics(pred.label_ids, y_pred, list(range(len(labels))))
+            return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
+
+        return compute
+
+    def validation_batch_size(self, train: TrainConfig) -> int:
+        return 2 * train.batch_size  # no gradients to hold
+
+    @torch.inference_mode()
+    def predict_proba(self, model, tokenizer, texts, metas: list[AdapterMeta], batch_size, adapter_names=None):
+        model.eval()
+        out: list[np.ndarray] = []
+        for start in range(0, len(texts), batch_size):
+            rows = slice(start, start + batch_size)
+            batch = encode(tokenizer, texts[rows], [m.max_length for m in metas[rows]])
+            routing = {"adapter_names": adapter_names[rows]} if adapter_names else {}
+            logits = model(**batch, **routing).logits.float()
+            out += [torch.softmax(row[: len(meta.labels)], dim=-1).numpy() for row, meta in zip(logits, metas[rows])]
+        return out
+
+    def prediction_batch_size(self, inputs: EvaluationInputs) -> int:
+        return inputs.eval.batch_size
+
+    def baseline_predictions(self, adapter: LoadedAdapter, texts, labels, train, inputs: EvaluationInputs):
+        """Zero-shot: each text gets the label whose description embedding is most cosine-similar."""
+        with LOAD_LOCK:
+            encoder = AutoModel.from_pretrained(base_model_path(inputs.base.name), use_safetensors=True).eval()
+        tokenizer = load_tokenizer(inputs.base.name)
+        descriptions = [inputs.eval.label_descriptions.get(label, label) for label in labels]
+        size, max_length = inputs.eval.batch_size, inputs.base.max_length
+        label_vecs = _embed(encoder, tokenizer, descriptions, max_length, size)
+        text_vecs = _embed(encoder, tokenizer, texts, max_length, size)
+        return {"base": [labels[i] for i in (text_vecs @ label_vecs.T).argmax(axis=1)]}
+
+    def pool_base(self, spec, max_labels, cache_dir):
+        return _classifier(spec, [f"slot{i}" for i in range(max_labels)])
+
+    def pool_weights(self, weights, n_labels, width):
+        """Zero-pad the head's weight/bias rows from ``n_labels`` to ``width`` (the extra logits are cut off)."""
+        padded = dict(weights)
+        for key, tensor in weights.items():
+            module_path = key.rsplit(".", 1)[0]
+            if module_path.rsplit(".", 1)[-1] in HEAD_NAMES and tensor.shape[0] == n_labels:
+                grown = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype)
+                grown[:n_labels] = tensor
+                padded[key] = grown
+        return padded

@@ -1,0 +1,120 @@
+"""Register a logged adapter as a version of its domain's model, and promote it by the rule.
+
+``log_and_register`` composes the three steps: log the domain's run (``tracking``), register the
+version with its provenance, promote it (``champion``) or keep it as ``challenger``. An adapter
+already registered (same ``adapter_key``: same data, training inputs and code) is not registered again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import mlflow
+from mlflow import MlflowClient
+
+from lora_pipeline.config import PipelineConfig, PromotionConfig
+from lora_pipeline.data.prepare import DomainSplits, PreparedData
+from lora_pipeline.provenance import adapter_key, code_version, training_inputs
+from lora_pipeline.registry import schema
+from lora_pipeline.registry.champions import AUTO, set_champion
+from lora_pipeline.registry.promotion import PromotionDecision, decide_promotion
+from lora_pipeline.registry.tracking import log_domain_run, setup_tracking
+
+if TYPE_CHECKING:
+    from lora_pipeline.evaluation.evaluate import DomainEvaluation
+    from lora_pipeline.training.trainer import TrainedAdapter
+
+
+@dataclass(frozen=True)
+class RegisteredAdapter:
+    domain: str
+    model_name: str
+    version: str
+    run_id: str
+    alias: str  # the alias this version holds now ("" for none)
+    reason: str
+    is_new: bool  # False: this exact adapter (same data, config and code) was already registered
+
+
+def find_version_by_tag(client: MlflowClient, name: str, key: str, value: str):
+    """The newest version of ``name`` whose tag ``key`` equals ``value``, or None."""
+    matching = [v for v in schema.versions_of(client, name) if v.tags.get(key) == value]
+    return max(matching, key=lambda v: int(v.version), default=None)
+
+
+def register_version(name: str, model_uri: str, provenance: dict[str, str]) -> str:
+    """A new version of ``name`` for ``model_uri``, tagged with its provenance; returns its number."""
+    return str(mlflow.register_model(model_uri, name, tags=provenance).version)
+
+
+def promote_version(client: MlflowClient, name: str, version: str, evaluation: DomainEvaluation,
+                    promotion: PromotionConfig) -> PromotionDecision:
+    """Apply the rule against the current champion; store the decision and its numbers on the version."""
+    champion = schema.champion_version(client, name)
+    champion_f1 = float(client.get_run(champion.run_id).data.metrics["adapter_macro_f1"]) if champion else None
+    decision = decide_promotion(
+        adapter_f1=evaluation.macro_f1("adapter"),
+        base_f1=evaluation.macro_f1("base"),
+        margin=promotion.min_gain_over_base,
+        champion_f1=champion_f1,
+        champion_version=champion.version if champion else None,
+    )
+    for key, value in {
+        "adapter_macro_f1": f"{evaluation.macro_f1('adapter'):.4f}",
+        "base_macro_f1": f"{evaluation.macro_f1('base'):.4f}",
+        "tfidf_macro_f1": f"{evaluation.macro_f1('tfidf'):.4f}",
+        schema.PROMOTION_DECISION: decision.alias,
+        schema.PROMOTION_REASON: decision.reason,
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+    if decision.alias == schema.CHAMPION:
+        client.set_model_version_tag(name, version, schema.PREVIOUS_CHAMPION,
+                                     str(champion.version) if champion else "none")
+        set_champion(client, name, version, AUTO, decision.reason)
+    else:
+        client.set_registered_model_alias(name, schema.CHALLENGER, version)
+    return decision
+
+
+def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: PreparedData, splits: DomainSplits,
+                     trained: TrainedAdapter, evaluation: DomainEvaluation) -> RegisteredAdapter:
+    """Log the domain's run, register its adapter and apply the promotion rule (or find it registered)."""
+    setup_tracking(cfg)
+    client = MlflowClient()
+    name = schema.registered_name(cfg.data.name, splits.domain, cfg.base.name)
+    identity = adapter_key(splits, training_inputs(cfg))
+    existing = None if cfg.runtime.refresh_cache else find_version_by_tag(client, name, schema.ADAPTER_KEY, identity)
+    if existing is not None:  # a cached re-run: the same adapter is not registered twice
+        aliases = schema.aliases_by_version(client.get_registered_model(name)).get(str(existing.version), [])
+        return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(existing.version),
+                                 run_id=existing.run_id, alias=",".join(aliases),
+                                 reason=f"unchanged: same data, config and code as v{existing.version}", is_new=False)
+    provenance = {
+        schema.DOMAIN: splits.domain,
+        schema.BASE_MODEL: cfg.base.name,
+        schema.DATA_FINGERPRINT: prepared.fingerprint,
+        schema.DOMAIN_FINGERPRINT: splits.fingerprint,
+        schema.CONFIG_SHA256: cfg.sha256(),
+        schema.CODE_VERSION: code_version(),
+        schema.ADAPTER_KEY: identity,
+        schema.SEED: str(cfg.train.seed),
+        schema.LABELS: ",".join(splits.labels),
+    }
+    run_id, model_uri = log_domain_run(cfg, parent_run_id, splits, trained, evaluation, provenance)
+    model_tags = {schema.DATASET: cfg.data.name, schema.DOMAIN: splits.domain, schema.BASE_MODEL: cfg.base.name,
+                  schema.MANAGED_BY: schema.MANAGED_BY_US}
+    version = register_version(name, model_uri, provenance)
+    try:
+        for tag, value in model_tags.items():
+            client.set_registered_model_tag(name, tag, value)
+        decision = promote_version(client, name, version, evaluation, cfg.promotion)
+    except Exception:
+        # Nothing half-done stays registered: drop the version that did not get its decision and alias.
+        client.delete_model_version(name, version)
+        raise
+    client.set_tag(run_id, schema.REGISTERED_MODEL, name)
+    client.set_tag(run_id, schema.REGISTERED_VERSION, version)
+    client.set_tag(run_id, schema.PROMOTION_DECISION, decision.alias)
+    return RegisteredAdapter(domain=splits.domain, model_name=name, version=version, run_id=run_id,
+                             alias=decision.alias, reason=decision.reason, is_new=True)

@@ -1,0 +1,132 @@
+"""MLflow tracking: a parent run per pipeline run, a nested run per domain holding its params, metrics,
+evaluation artifacts and the adapter's MLflow model.
+
+Runs are addressed by id through explicit ``parent_run_id``s because MLflow's active-run stack is per
+thread and domains are processed in worker threads.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import TYPE_CHECKING
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_TRACKING_URI
+from mlflow.exceptions import MlflowException
+
+from lora_pipeline.config import PipelineConfig
+from lora_pipeline.data.prepare import DomainSplits, PreparedData
+from lora_pipeline.evaluation.metrics import SCALAR_METRICS
+from lora_pipeline.models.bases import get_spec
+from lora_pipeline.provenance import code_version
+from lora_pipeline.registry import schema
+from lora_pipeline.registry.mlflow_model import PYFUNC_ENTRY, signature_for
+
+if TYPE_CHECKING:
+    from lora_pipeline.evaluation.evaluate import DomainEvaluation
+    from lora_pipeline.training.trainer import TrainedAdapter
+
+MODEL_ARTIFACT = "adapter"
+# What a registered version needs to load: the libraries and the package that carries the base.
+PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors==0.8.0", "pandas"]
+
+
+def pip_requirements(base_model: str) -> list[str]:
+    """What a registered version needs to load: the libraries and the package that carries its base."""
+    package = get_spec(base_model).package
+    return [*PIP_REQUIREMENTS, f"{package}=={importlib.metadata.version(package)}"] if package else PIP_REQUIREMENTS
+
+
+def setup_tracking(cfg: PipelineConfig) -> str:
+    """Point MLflow at the configured store; create the experiment (with our artifact root) if missing."""
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to os.environ; left there, it would
+    # redirect the next config loaded in this process (a served deployment runs many flows) to this store.
+    exported = MLFLOW_TRACKING_URI.get_raw()
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    if exported is None:
+        MLFLOW_TRACKING_URI.unset()
+    else:
+        MLFLOW_TRACKING_URI.set(exported)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if cfg.tracking_uri.startswith("sqlite:"):  # local store: keep artifacts beside it, not under ./mlruns
+        cfg.artifact_root.mkdir(parents=True, exist_ok=True)
+        artifact_location = cfg.artifact_root.as_uri()
+    try:
+        return client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
+    except MlflowException:  # created meanwhile by a concurrent process
+        return client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+
+
+def start_parent_run(cfg: PipelineConfig, prepared: PreparedData, run_name: str | None = None) -> str:
+    experiment_id = setup_tracking(cfg)
+    client = MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={schema.DATASET: prepared.dataset, schema.DATA_FINGERPRINT: prepared.fingerprint,
+              schema.CODE_VERSION: code_version(), schema.BASE_MODEL: cfg.base.name},
+    )
+    client.log_param(run.info.run_id, "domains", ",".join(prepared.domains))
+    client.log_param(run.info.run_id, schema.CONFIG_SHA256, cfg.sha256())
+    client.log_text(run.info.run_id, cfg.model_dump_json(indent=2), "config.json")
+    client.log_text(run.info.run_id, prepared.to_json(), "prepared_data.json")
+    return run.info.run_id
+
+
+def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[str, str] | None = None) -> None:
+    """``domain_runs``: domain -> the run holding its evaluation (for a cached domain, the run that trained
+    it), recorded on the parent so that the run's report covers every domain it served."""
+    client = MlflowClient()
+    client.set_tag(run_id, schema.FAILED_DOMAINS, ",".join(failed_domains) or "none")
+    for domain, domain_run_id in (domain_runs or {}).items():
+        client.set_tag(run_id, f"{schema.DOMAIN_RUN_PREFIX}{domain}", domain_run_id)
+    client.set_terminated(run_id, "FAILED" if failed_domains else "FINISHED")
+
+
+def _flat_params(cfg: PipelineConfig) -> dict[str, object]:
+    sections = cfg.model_dump(mode="json", include={"base", "lora", "train", "split", "promotion"})
+    return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+
+
+def domain_metrics(trained: TrainedAdapter, evaluation: DomainEvaluation, splits: DomainSplits) -> dict[str, float]:
+    metrics = {f"{model}_{name}": values[name] for model, values in evaluation.metrics.items() for name in SCALAR_METRICS}
+    metrics.update(
+        adapter_size_bytes=trained.adapter_size_bytes,
+        train_seconds=trained.train_seconds,
+        train_steps=trained.steps,
+        trainable_params=trained.trainable_params,
+        trainable_share=trained.trainable_params / trained.total_params,
+        best_val_macro_f1=trained.best_val_macro_f1,
+        latency_p50_ms=evaluation.latency_p50_ms,
+        latency_p95_ms=evaluation.latency_p95_ms,
+        throughput_per_s=evaluation.throughput_per_s,
+        **{f"n_{split}": n for split, n in splits.counts.items()},
+    )
+    return metrics
+
+
+def log_domain_run(cfg: PipelineConfig, parent_run_id: str, splits: DomainSplits, trained: TrainedAdapter,
+                   evaluation: DomainEvaluation, provenance: dict[str, str]) -> tuple[str, str]:
+    """A run nested under the pipeline's run: params, metrics, evaluation artifacts and the adapter's
+    MLflow model (the adapter folder only; the base is named, not copied). Returns (run id, model URI)."""
+    experiment_id = setup_tracking(cfg)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=splits.domain, parent_run_id=parent_run_id,
+                          nested=True, tags=provenance) as run:
+        mlflow.log_params({**_flat_params(cfg), **provenance})
+        mlflow.log_metrics(domain_metrics(trained, evaluation, splits))
+        mlflow.log_artifacts(evaluation.artifacts_dir, artifact_path="evaluation")
+        model_info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_ENTRY),  # models-from-code: no pickle in the artifact
+            artifacts={"adapter": trained.adapter_dir},
+            pip_requirements=pip_requirements(cfg.base.name),
+            signature=signature_for(splits.labels),
+            metadata={"base_model": cfg.base.name, "labels": splits.labels, "domain": splits.domain},
+        )
+        mlflow.set_tag(schema.TRAINED_ON, trained.trained_on)
+    return run.info.run_id, model_info.model_uri

@@ -1,0 +1,174 @@
+"""The prediction API (`lora-pipeline serve`): FastAPI over :class:`ChampionService`.
+
+    GET  /health     liveness + how many domains are served (no API key needed)
+    GET  /adapters   every domain: champion version, labels, metrics, last load error
+    POST /predict    {"domain": D, "texts": [...]} or {"items": [{"domain": D, "text": T}, ...]}
+    POST /predict_fewshot  {"text": T, "examples": [{"text", "label"}, ...]}: the bare base, prompted
+                     (only on bases whose kind offers it; the route does not exist otherwise)
+    POST /reload     load new champions now (also done every api.poll_interval_s)
+
+One router per concern; the service, the batcher and the key check are dependencies. Limits come from
+the ``api`` config section and are part of the OpenAPI schema (``schemas.request_models``), so a
+request over a limit is a 422 that names the field; an unknown domain is a 404; a missing/wrong API key
+a 401. (No ``from __future__ import annotations``: FastAPI must see the request models as classes.)
+"""
+
+import asyncio
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+
+from lora_pipeline.config import ApiConfig, PipelineConfig
+from lora_pipeline.errors import UnknownDomainError
+from lora_pipeline.models import kind_of
+from lora_pipeline.serving.batching import MicroBatcher
+from lora_pipeline.serving.schemas import (AdaptersResponse, Detail, FewShotResponse, HealthResponse, PredictionOut,
+                                           PredictResponse, ReloadResponse, RequestModels, request_models)
+from lora_pipeline.serving.service import ChampionService, Prediction
+
+log = logging.getLogger("lora_pipeline.api")
+API_KEY_HEADER = "X-API-Key"
+
+
+# --- dependencies: what a route needs, from the app's state ------------------------------------------
+def get_service(request: Request) -> ChampionService:
+    return request.app.state.service
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    return request.app.state.batcher
+
+
+Service = Annotated[ChampionService, Depends(get_service)]
+Batcher = Annotated[MicroBatcher, Depends(get_batcher)]
+
+
+def key_check(limits: ApiConfig) -> tuple[list, dict]:
+    """(dependencies, documented responses) of the routes that need the key; none when no key is set."""
+    if limits.api_key is None:
+        return [], {}
+    expected = limits.api_key.get_secret_value()
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The configured api.api_key.")
+
+    def require_key(given: Annotated[str | None, Depends(header)]) -> None:
+        if not (given and secrets.compare_digest(given, expected)):
+            raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header")
+
+    return [Depends(require_key)], {401: {"model": Detail, "description": "API key missing or wrong"}}
+
+
+# --- routers ----------------------------------------------------------------------------------------
+def health_router(base_model: str) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health(service: Service, batcher: Batcher) -> HealthResponse:
+        return HealthResponse(status="ok", base_model=base_model, domains=len(service.served), batches=batcher.stats)
+
+    return router
+
+
+def predict_router(bodies: RequestModels, errors: dict) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/predict", responses={**errors, 400: {"model": Detail, "description": "The body could not be decoded"},
+                                        404: {"model": Detail, "description": "A domain with no served champion"}})
+    async def predict(body: bodies.DomainTexts | bodies.MixedItems, service: Service, batcher: Batcher) -> PredictResponse:
+        if isinstance(body, bodies.DomainTexts):
+            items = [(body.domain, text) for text in body.texts]
+        else:
+            items = [(item.domain, item.text) for item in body.items]
+        service.check_domains([domain for domain, _ in items])  # fail this request alone, early
+        predictions: list[Prediction] = await batcher.submit(items)
+        return PredictResponse(predictions=[
+            PredictionOut(domain=p.domain, label=p.label, probabilities=p.probabilities, model=p.model_name,
+                          model_version=p.model_version) for p in predictions])
+
+    return router
+
+
+def few_shot_router(bodies: RequestModels, errors: dict) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/predict_fewshot", responses=errors)
+    async def predict_fewshot(body: bodies.FewShotRequest, service: Service) -> FewShotResponse:
+        """Classify a text with the base model alone, prompted with the given examples: no adapter, no training."""
+        result = await asyncio.to_thread(service.predict_few_shot, body.text,
+                                         [(e.text, e.label) for e in body.examples], body.labels)
+        return FewShotResponse(**result)
+
+    return router
+
+
+def admin_router(errors: dict) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/adapters", responses=errors)
+    async def adapters(service: Service) -> AdaptersResponse:
+        return AdaptersResponse(**service.report())
+
+    @router.post("/reload", responses={**errors, 503: {"model": Detail, "description": "The registry could not be read"}})
+    async def reload(service: Service) -> ReloadResponse:
+        try:
+            report = await asyncio.to_thread(service.reload)
+        except Exception as exc:  # the registry is down: keep serving what is loaded
+            raise HTTPException(503, f"registry unreadable: {type(exc).__name__}") from exc
+        return ReloadResponse(**vars(report))
+
+    return router
+
+
+# --- the app ----------------------------------------------------------------------------------------
+def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> FastAPI:
+    """The app for ``cfg``; ``service`` (already loaded) is built from the registry at start-up when None."""
+    limits = cfg.api
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.service = service or await asyncio.to_thread(_loaded_service, cfg)
+        app.state.batcher = MicroBatcher(app.state.service.predict, limits.max_batch_size, limits.batch_wait_ms)
+        poller = asyncio.create_task(_poll(app.state.service, limits.poll_interval_s)) if limits.poll_interval_s else None
+        yield
+        if poller is not None:
+            poller.cancel()
+        await app.state.batcher.stop()
+
+    app = FastAPI(title="lora-pipeline", version="1", lifespan=lifespan,
+                  description="One base model in memory; every domain's champion LoRA adapter, per request.")
+
+    @app.exception_handler(UnknownDomainError)
+    async def _unknown_domain(request: Request, exc: UnknownDomainError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    bodies = request_models(limits)
+    auth, errors = key_check(limits)
+    app.include_router(health_router(cfg.base.name))
+    app.include_router(predict_router(bodies, errors), dependencies=auth)
+    if kind_of(cfg.base.name).few_shot_api:  # the route exists only where it can answer
+        app.include_router(few_shot_router(bodies, errors), dependencies=auth)
+    app.include_router(admin_router(errors), dependencies=auth)
+    return app
+
+
+def _loaded_service(cfg: PipelineConfig) -> ChampionService:
+    service = ChampionService(cfg)
+    report = service.reload()
+    log.info("serving %d domains: loaded %s; failed %s", len(service.served), report.loaded, report.failed)
+    return service
+
+
+async def _poll(service: ChampionService, interval_s: float) -> None:
+    """Pick up new champions without a restart; a failed check is logged and retried next interval."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            report = await asyncio.to_thread(service.reload)
+            if report.loaded or report.failed or report.removed:
+                log.info("reload: loaded %s; failed %s; removed %s", report.loaded, report.failed, report.removed)
+        except Exception:
+            log.exception("reload from the registry failed; still serving the loaded champions")

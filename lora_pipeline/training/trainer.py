@@ -1,0 +1,178 @@
+"""Train one domain's LoRA adapter with the HF Trainer: setup -> train -> save.
+
+Everything that differs between model kinds (the base, the examples and collator, the checkpoint
+metric) comes from the base's kind. The best checkpoint by the kind's metric is kept
+(``load_best_model_at_end``); only the adapter, its trained modules and the label map are saved.
+``train_full_model`` runs the same recipe with every weight of the base trained: the benchmarks'
+comparison point, never registered.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from lora_pipeline.config import TrainConfig, TrainingInputs
+from lora_pipeline.data.prepare import DomainSplits
+from lora_pipeline.errors import ConfigError
+from lora_pipeline.evaluation.metrics import classification_metrics
+from lora_pipeline.models import ModelKind, kind_of
+from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model,
+                                           count_parameters, save_adapter)
+from lora_pipeline.models.bases import get_spec, load_tokenizer
+
+# Domains train in parallel threads; the global RNG is seeded and consumed for adapter init under this
+# lock so that the initial weights are the same whatever the thread interleaving.
+_INIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    domain: str
+    adapter_dir: str
+    labels: list[str]
+    train_seconds: float
+    steps: int
+    trainable_params: int
+    total_params: int
+    adapter_size_bytes: int
+    best_val_macro_f1: float
+    trained_on: str  # host:pid of the process that trained it (a Dask worker, or this process)
+
+
+def _schedule(n_train: int, train: TrainConfig) -> tuple[int, int]:
+    """(total optimizer steps, evaluate/save every N steps): once per epoch, or once at the end."""
+    steps_per_epoch = max(1, math.ceil(n_train / train.batch_size))
+    total = train.max_steps if train.max_steps > 0 else math.ceil(train.epochs * steps_per_epoch)
+    return total, min(steps_per_epoch, total)
+
+
+def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, output_dir: Path,
+         learning_rate: float):
+    """Train ``model`` on the domain's train split with the HF Trainer, evaluating on val once per epoch
+    and keeping the best checkpoint. Returns (trainer, tokenizer, train seconds)."""
+    train = inputs.train
+    tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
+    train_ds, val_ds, collator = kind.training_data(tokenizer, splits, inputs)
+    total_steps, eval_every = _schedule(len(train_ds), train)
+    args = TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        max_steps=total_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=kind.validation_batch_size(train),
+        learning_rate=learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_ratio,  # a float < 1 is a share of the total steps
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model=kind.checkpoint_metric,
+        greater_is_better=kind.greater_is_better,
+        logging_steps=max(1, eval_every // 4),
+        seed=train.seed,
+        data_seed=train.seed,
+        use_cpu=True,
+        report_to="none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,  # the kind's examples hold exactly what the model takes
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+                      compute_metrics=kind.compute_metrics(splits.labels))
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    return trainer, tokenizer, seconds
+
+
+def _val_macro_f1(trainer: Trainer, kind: ModelKind, adapter: LoadedAdapter, splits: DomainSplits,
+                  batch_size: int) -> float:
+    """The kept checkpoint's validation macro-F1: the Trainer's own figure when that is what chose it,
+    else scored once on the validation split."""
+    if kind.checkpoint_metric == "macro_f1":
+        best = trainer.state.best_metric
+        return float(best) if best is not None else float("nan")
+    val = splits.read("val")
+    predicted = adapter.predict(val["text"].tolist(), batch_size)
+    return classification_metrics(val["label"].tolist(), predicted, splits.labels)["macro_f1"]
+
+
+def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str | Path) -> TrainedAdapter:
+    output_dir = Path(output_dir)
+    if inputs.train.torch_threads:
+        torch.set_num_threads(inputs.train.torch_threads)
+    kind = kind_of(inputs.base.name)
+
+    # --- setup
+    with _INIT_LOCK:
+        set_seed(inputs.train.seed)
+        model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir)
+    trainable, total = count_parameters(model)
+
+    # --- train
+    trainer, tokenizer, train_seconds = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate)
+
+    # --- save (adapter + trained modules + label map; never the base)
+    adapter_dir = output_dir / "adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
+                       max_length=inputs.base.max_length, kind=kind.name, instruction=inputs.instruction or "")
+    save_adapter(trainer.model, meta, adapter_dir)
+    trainer.model.eval()
+    loaded = LoadedAdapter(meta=meta, model=trainer.model, tokenizer=tokenizer)
+    return TrainedAdapter(
+        domain=splits.domain,
+        adapter_dir=str(adapter_dir),
+        labels=splits.labels,
+        train_seconds=round(train_seconds, 3),
+        steps=trainer.state.global_step,
+        trainable_params=trainable,
+        total_params=total,
+        adapter_size_bytes=adapter_size_bytes(adapter_dir),
+        best_val_macro_f1=_val_macro_f1(trainer, kind, loaded, splits, kind.validation_batch_size(inputs.train)),
+        trained_on=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+@dataclass
+class FullFineTune:
+    """The comparison point of the benchmarks: the same base with every weight trained (no LoRA)."""
+    model: LoadedAdapter  # held in memory only: a full copy of the base is what this product avoids storing
+    train_seconds: float
+    steps: int
+    trainable_params: int
+    best_val_macro_f1: float
+
+
+def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: str | Path,
+                     learning_rate: float) -> FullFineTune:
+    """Same data, schedule, batch and checkpoint choice as :func:`train_adapter`; every weight trainable.
+    Kinds chosen by validation macro-F1 only (an encoder; a causal LM's full fine-tune would train its
+    vocabulary-sized LM head too)."""
+    kind = kind_of(inputs.base.name)
+    if kind.checkpoint_metric != "macro_f1":
+        raise ConfigError(f"base.name={inputs.base.name}: the full fine-tune baseline supports encoder bases only")
+    with _INIT_LOCK:
+        set_seed(inputs.train.seed)
+        model = kind.load_base(get_spec(inputs.base.name), splits.labels, inputs.base.cache_dir)
+    trainable, _ = count_parameters(model)
+    trainer, tokenizer, seconds = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate)
+    meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
+                       max_length=inputs.base.max_length, kind=kind.name)
+    return FullFineTune(model=LoadedAdapter(meta=meta, model=trainer.model.eval(), tokenizer=tokenizer),
+                        train_seconds=round(seconds, 3), steps=trainer.state.global_step,
+                        trainable_params=trainable, best_val_macro_f1=float(trainer.state.best_metric))
