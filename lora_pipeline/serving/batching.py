@@ -1,6 +1,7 @@
 """Dynamic batching for the API: concurrent requests (any mix of domains) share forward passes.
 
-Requests wait at most ``wait_ms`` for company, up to ``max_batch`` items; one worker runs each batch in
+Requests wait at most ``wait_ms`` for company, up to ``max_batch`` items (a request is never split: one
+larger than ``max_batch`` runs alone, one that does not fit opens the next batch); one worker runs each batch in
 a thread, so the event loop keeps accepting requests and forward passes never overlap (on a CPU they
 would only compete for the same cores).
 """
@@ -41,14 +42,20 @@ class MicroBatcher(Generic[Item, Result]):
 
     async def _work(self) -> None:
         queue = self._queue
+        held = None  # a request that did not fit the last batch: it opens the next one
         while True:
-            batch = [await queue.get()]
+            batch = [held or await queue.get()]
+            held = None
             size = len(batch[0][0])
             if size < self.max_batch and self.wait_s > 0:
                 await asyncio.sleep(self.wait_s)
             while size < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-                size += len(batch[-1][0])
+                request = queue.get_nowait()
+                if size + len(request[0]) > self.max_batch:  # requests are never split: this one waits
+                    held = request
+                    break
+                batch.append(request)
+                size += len(request[0])
             flat = [item for items, _ in batch for item in items]
             self.stats.update(batches=self.stats["batches"] + 1, texts=self.stats["texts"] + len(flat),
                               largest_batch=max(self.stats["largest_batch"], len(flat)))
