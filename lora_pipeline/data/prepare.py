@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from lora_pipeline.config import DataConfig, SplitConfig, sha256_json
+from lora_pipeline.config import DataConfig, SplitConfig, safe_name, sha256_json
 from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -30,6 +30,7 @@ class DomainSplits:
     dir: str
     fingerprint: str  # sha256 of this domain's split rows: changes only when its data changes
     counts: dict[str, int]
+    available: dict[str, int] = field(default_factory=dict)  # rows per split before the split.max_*_rows caps
 
     def path(self, split: str) -> Path:
         return Path(self.dir) / f"{split}.jsonl"
@@ -128,8 +129,10 @@ def _cap(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     return df.loc[[i for idx in keep for i in idx]]
 
 
-def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -> tuple[dict[str, pd.DataFrame], int]:
-    """Stratified train/val/test split; texts seen in an earlier split are removed from later ones."""
+def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
+                 source: str) -> tuple[dict[str, pd.DataFrame], int, dict[str, int]]:
+    """Stratified train/val/test split; texts seen in an earlier split are removed from later ones.
+    Returns (capped splits, leaked rows removed, rows per split before the caps)."""
     if len(df) < cfg.min_rows_per_domain:
         raise DataError(
             f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
@@ -159,12 +162,13 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -
         removed += int(leak.sum())
         parts[name] = parts[name][~leak]
         seen.update(keys[~leak])
+    available = {name: len(part) for name, part in parts.items()}
     caps = {"train": cfg.max_train_rows, "val": cfg.max_val_rows, "test": cfg.max_test_rows}
     parts = {name: _cap(part, caps[name], cfg.seed).sort_index() for name, part in parts.items()}
     for name, part in parts.items():
         if part["label"].nunique() < 2:
             raise DataError(f"{source}: domain '{domain}': the {name} split has a single class; add rows")
-    return parts, removed
+    return parts, removed, available
 
 
 def _fingerprint_rows(parts: dict[str, pd.DataFrame]) -> str:
@@ -188,9 +192,10 @@ def prepare_data(
     config_hash = sha256_json([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")])
     fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
 
-    split_parts, leaks = {}, 0
+    split_parts, available, leaks = {}, {}, 0
     for domain in chosen:  # validate every domain before writing anything
-        split_parts[domain], removed = split_domain(table[table["domain"] == domain], domain, split_cfg, source)
+        split_parts[domain], removed, available[domain] = split_domain(table[table["domain"] == domain], domain,
+                                                                       split_cfg, source)
         leaks += removed
 
     domains = {}
@@ -208,8 +213,9 @@ def prepare_data(
             dir=str(domain_dir),
             fingerprint=domain_fingerprint,
             counts={name: len(part) for name, part in parts.items()},
+            available=available[domain],
         )
     return PreparedData(
-        dataset=data_cfg.name, source=source, fingerprint=fingerprint, domains=domains,
+        dataset=safe_name(data_cfg.name or path.stem), source=source, fingerprint=fingerprint, domains=domains,
         dropped_empty_texts=dropped, removed_leaks=leaks,
     )

@@ -37,8 +37,10 @@ class BaseModelSpec:
     source: Literal["package", "gguf", "dir"] = "package"
     gguf_file: str = ""
     local_dir: str = ""
-    # Positions the base was trained with: base.max_length may not exceed it.
+    # Positions the base has: base.max_length may not exceed it.
     max_positions: int = 512
+    # Upper bound of base.max_length: auto (text tokens): what the base was trained with, or a CPU budget.
+    length_budget: int = 256
 
 
 BASE_MODELS: dict[str, BaseModelSpec] = {

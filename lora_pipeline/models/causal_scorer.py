@@ -22,7 +22,7 @@ from lora_pipeline.models.prompting import (IGNORE, PromptFormat, build_prompt, 
                                             training_example)
 
 if TYPE_CHECKING:
-    from lora_pipeline.config import EvaluationInputs, TrainConfig, TrainingInputs
+    from lora_pipeline.config import EvaluationInputs, TrainConfig
     from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter
 
 BASE_ROWS = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
@@ -46,9 +46,9 @@ class CausalLabelScorer(ModelKind):
     def load_base(self, spec, labels, cache_dir):
         return _causal_lm(spec, cache_dir)  # answers with label tokens: no head to size
 
-    def training_data(self, tokenizer, splits, inputs: TrainingInputs):
+    def training_data(self, tokenizer, splits, max_length, instruction):
         """Prompt listing the labels -> " label" + EOS; the loss is on the answer tokens only."""
-        fmt = PromptFormat(inputs.instruction, splits.labels, inputs.base.max_length)
+        fmt = PromptFormat(instruction, splits.labels, max_length)
 
         def examples(split: str) -> list[dict]:
             df = splits.read(split)
@@ -78,7 +78,7 @@ class CausalLabelScorer(ModelKind):
     @staticmethod
     def _prompted(adapter: LoadedAdapter, texts, labels, inputs: EvaluationInputs, examples=()) -> list[str]:
         """The bare base (``__base__`` rows of the loaded adapter): its prompt, optionally with examples."""
-        fmt = PromptFormat(inputs.generative.instruction, labels, inputs.base.max_length)
+        fmt = PromptFormat(inputs.generative.instruction, labels, adapter.meta.max_length)
         prompts = [build_prompt(adapter.tokenizer, fmt, text, examples) for text in texts]
         probs = score_labels(adapter.model, adapter.tokenizer, prompts, [labels] * len(texts),
                              adapter_names=[BASE_ROWS] * len(texts), batch_size=inputs.generative.score_batch_size)

@@ -8,6 +8,7 @@ one shared width, and each row's logits are cut back to its own labels before th
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -17,9 +18,10 @@ from transformers import AutoModel, AutoModelForSequenceClassification, DataColl
 
 from lora_pipeline.models.bases import LOAD_LOCK, base_model_path, load_tokenizer
 from lora_pipeline.models.kind import ModelKind
+from lora_pipeline.models.text_length import encode_head_tail
 
 if TYPE_CHECKING:
-    from lora_pipeline.config import EvaluationInputs, TrainConfig, TrainingInputs
+    from lora_pipeline.config import EvaluationInputs, TrainConfig
     from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter
 
 # Head module names of transformers' sequence classifiers (BERT: classifier, decoder-only LMs: score).
@@ -28,27 +30,34 @@ HEAD_NAMES = ("classifier", "score")
 
 class _EncodedTexts(torch.utils.data.Dataset):
     def __init__(self, tokenizer, texts: list[str], labels: list[int], max_length: int):
-        self.encodings = tokenizer(texts, truncation=True, max_length=max_length)
+        self.features = encode_head_tail(tokenizer, texts, max_length)
         self.labels = labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        item = {k: v[i] for k, v in self.encodings.items()}
-        item["labels"] = self.labels[i]
-        return item
+        return {**self.features[i], "labels": self.labels[i]}
 
 
 def encode(tokenizer, texts: list[str], max_lengths: list[int]) -> dict[str, torch.Tensor]:
-    """Truncate each text at its own adapter's max_length (as in training), then pad the batch."""
+    """Cut each text head+tail at its own adapter's max_length (as in training), then pad the batch."""
     features: list[dict] = [{}] * len(texts)
     for max_length in set(max_lengths):
         rows = [i for i, m in enumerate(max_lengths) if m == max_length]
-        encoded = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length)
-        for j, i in enumerate(rows):
-            features[i] = {key: values[j] for key, values in encoded.items()}
+        for i, encoded in zip(rows, encode_head_tail(tokenizer, [texts[i] for i in rows], max_length)):
+            features[i] = encoded
     return tokenizer.pad(features, return_tensors="pt")
+
+
+def describe_label(label: str, descriptions: dict[str, str], template: str) -> str:
+    """The sentence the zero-shot base embeds for ``label``: configured, or the template around its words
+    ('credit_card' / 'creditCard' / 'credit-card' -> 'credit card')."""
+    if label in descriptions:
+        return descriptions[label]
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", label)
+    words = re.sub(r"[_\-./]+", " ", words).strip().lower()
+    return template.format(label=words or label)
 
 
 def _classifier(spec, labels: list[str]) -> torch.nn.Module:
@@ -64,8 +73,8 @@ def _embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: in
     """Mean-pooled, L2-normalised token embeddings: how all-MiniLM-L6-v2 makes sentence vectors."""
     out = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length,
-                          padding=True, return_tensors="pt")
+        chunk = texts[start : start + batch_size]
+        batch = encode(tokenizer, chunk, [max_length] * len(chunk))
         hidden = encoder(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -83,13 +92,12 @@ class EncoderClassifier(ModelKind):
     def load_base(self, spec, labels, cache_dir):
         return _classifier(spec, labels)
 
-    def training_data(self, tokenizer, splits, inputs: TrainingInputs):
+    def training_data(self, tokenizer, splits, max_length, instruction):
         label_ids = {label: i for i, label in enumerate(splits.labels)}
 
         def encoded(split: str) -> _EncodedTexts:
             df = splits.read(split)
-            return _EncodedTexts(tokenizer, df["text"].tolist(), [label_ids[x] for x in df["label"]],
-                                 inputs.base.max_length)
+            return _EncodedTexts(tokenizer, df["text"].tolist(), [label_ids[x] for x in df["label"]], max_length)
 
         return encoded("train"), encoded("val"), DataCollatorWithPadding(tokenizer)  # dynamic padding
 
@@ -102,6 +110,17 @@ class EncoderClassifier(ModelKind):
             return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
 
         return compute
+
+    def loss_function(self, class_weights):
+        if class_weights is None:
+            return None
+        weights = torch.tensor(class_weights, dtype=torch.float32)
+
+        def weighted_cross_entropy(outputs, labels, num_items_in_batch=None):
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            return torch.nn.functional.cross_entropy(logits.float(), labels, weight=weights.to(logits.device))
+
+        return weighted_cross_entropy
 
     def validation_batch_size(self, train: TrainConfig) -> int:
         return 2 * train.batch_size  # no gradients to hold
@@ -126,8 +145,9 @@ class EncoderClassifier(ModelKind):
         with LOAD_LOCK:
             encoder = AutoModel.from_pretrained(base_model_path(inputs.base.name), use_safetensors=True).eval()
         tokenizer = load_tokenizer(inputs.base.name)
-        descriptions = [inputs.eval.label_descriptions.get(label, label) for label in labels]
-        size, max_length = inputs.eval.batch_size, inputs.base.max_length
+        descriptions = [describe_label(label, inputs.eval.label_descriptions, inputs.eval.label_template)
+                        for label in labels]
+        size, max_length = inputs.eval.batch_size, adapter.meta.max_length  # the length the adapter was given
         label_vecs = _embed(encoder, tokenizer, descriptions, max_length, size)
         text_vecs = _embed(encoder, tokenizer, texts, max_length, size)
         return {"base": [labels[i] for i in (text_vecs @ label_vecs.T).argmax(axis=1)]}

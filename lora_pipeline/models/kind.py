@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from transformers import PreTrainedTokenizerBase
 
-    from lora_pipeline.config import EvaluationInputs, LoraSettings, TrainConfig, TrainingInputs
+    from lora_pipeline.config import EvaluationInputs, LoraSettings, TrainConfig
     from lora_pipeline.data.prepare import DomainSplits
     from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter
     from lora_pipeline.models.bases import BaseModelSpec
@@ -50,9 +50,13 @@ class ModelKind(ABC):
 
     # --- training ---------------------------------------------------------------------------------
     @abstractmethod
-    def training_data(self, tokenizer: PreTrainedTokenizerBase, splits: DomainSplits,
-                      inputs: TrainingInputs) -> tuple[Any, Any, Callable]:
-        """(train dataset, validation dataset, collator) for the HF Trainer."""
+    def training_data(self, tokenizer: PreTrainedTokenizerBase, splits: DomainSplits, max_length: int,
+                      instruction: str | None) -> tuple[Any, Any, Callable]:
+        """(train dataset, validation dataset, collator) for the HF Trainer; texts cut head+tail to ``max_length``."""
+
+    def loss_function(self, class_weights: list[float] | None) -> Callable | None:
+        """The Trainer's ``compute_loss_func`` for these per-class weights (None: the model's own loss)."""
+        return None
 
     def compute_metrics(self, labels: list[str]) -> Callable | None:
         """The Trainer's ``compute_metrics`` (None: the checkpoint metric needs none, e.g. eval_loss)."""

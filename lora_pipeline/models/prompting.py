@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lora_pipeline.models.text_length import truncate_text
+
 IGNORE = -100  # label id the loss skips (prompt and padding tokens)
 
 
@@ -34,15 +36,11 @@ class PromptFormat:
         return f" {label}"
 
 
-def _truncate(tokenizer, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
-
-
 def build_prompt(tokenizer, fmt: PromptFormat, text: str, examples: list[tuple[str, str]] = ()) -> str:
     """The request (instruction listing the labels, examples, text), ending where the label is due."""
     cut = fmt.max_text_tokens
-    request = fmt.request(_truncate(tokenizer, text, cut), [(_truncate(tokenizer, t, cut), lab) for t, lab in examples])
+    request = fmt.request(truncate_text(tokenizer, text, cut),
+                          [(truncate_text(tokenizer, t, cut), lab) for t, lab in examples])
     if fmt.chat and tokenizer.chat_template:  # an instruct model follows its own turn format far better
         # (SmolLM2 zero-shot on amazon: macro-F1 0.41 in its chat format, 0.28 as plain text)
         return tokenizer.apply_chat_template([{"role": "user", "content": request}], tokenize=False,

@@ -17,13 +17,13 @@ from lora_pipeline.registry.schema import CHAMPION
 
 def model_name_for(client: MlflowClient, cfg: PipelineConfig, domain_or_name: str) -> str:
     """'amazon' -> 'vader-amazon' (the config's dataset and base); a full registered name is taken as is."""
-    for name in (schema.registered_name(cfg.data.name, domain_or_name, cfg.base.name), domain_or_name):
+    for name in (schema.registered_name(cfg.dataset_name, domain_or_name, cfg.base.name), domain_or_name):
         try:
             client.get_registered_model(name)
             return name
         except MlflowException:
             continue
-    raise RegistryError(f"model '{cfg.data.name}-{domain_or_name}': not in the registry at {cfg.tracking_uri}")
+    raise RegistryError(f"model '{cfg.dataset_name}-{domain_or_name}': not in the registry at {cfg.tracking_uri}")
 
 
 def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:

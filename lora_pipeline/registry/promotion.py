@@ -1,4 +1,9 @@
-"""The promotion rule: champion only when earned, otherwise challenger. Pure, so it is tested alone."""
+"""The promotion rule: champion only when earned, otherwise challenger. Pure, so it is tested alone.
+
+Earned = beats the zero-shot base by the margin, does not lose to the classical TF-IDF + logistic
+regression baseline (beyond a tolerance), and is not below the current champion. A domain where the
+classical model wins is a finding the user must see, so that reason is stated first and plainly.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +21,42 @@ class PromotionDecision:
     reason: str  # the numbers compared, stored as a tag on the version
 
 
+def tfidf_wins(adapter_f1: float, tfidf_f1: float, tolerance: float = 0.0) -> bool:
+    """True when TF-IDF+LR beats the adapter by more than ``tolerance`` macro-F1."""
+    return adapter_f1 < tfidf_f1 - tolerance - _TOL
+
+
+def tfidf_verdict(domain: str, adapter_f1: float, tfidf_f1: float) -> str:
+    return f"TF-IDF beats the adapter on {domain} ({tfidf_f1:.2f} vs {adapter_f1:.2f})"
+
+
 def decide_promotion(
     adapter_f1: float,
     base_f1: float,
     margin: float,
     champion_f1: float | None = None,
     champion_version: str | None = None,
+    tfidf_f1: float | None = None,
+    tfidf_tolerance: float = 0.0,
+    domain: str = "this domain",
 ) -> PromotionDecision:
-    """Champion iff macro-F1 beats the zero-shot base by >= ``margin`` AND is not below the current champion."""
+    """Champion iff macro-F1 beats the zero-shot base by >= ``margin``, is not below TF-IDF+LR by more than
+    ``tfidf_tolerance`` AND is not below the current champion."""
     gain = adapter_f1 - base_f1
     beats_base = gain >= margin - _TOL
-    vs_base = f"macro-F1 {adapter_f1:.4f} vs zero-shot base {base_f1:.4f}: gain {gain:+.4f} {'>=' if beats_base else '<'} margin {margin:.4f}"
+    reasons = [f"macro-F1 {adapter_f1:.4f} vs zero-shot base {base_f1:.4f}: gain {gain:+.4f} "
+               f"{'>=' if beats_base else '<'} margin {margin:.4f}"]
+    loses_to_tfidf = tfidf_f1 is not None and tfidf_wins(adapter_f1, tfidf_f1, tfidf_tolerance)
+    if loses_to_tfidf:
+        reasons.insert(0, f"{tfidf_verdict(domain, adapter_f1, tfidf_f1)}, tolerance {tfidf_tolerance:.4f}")
+    elif tfidf_f1 is not None:
+        reasons.append(f"TF-IDF+LR {tfidf_f1:.4f}: not beaten by more than {tfidf_tolerance:.4f}")
     if champion_f1 is None:
-        keeps_level, vs_champion = True, "no current champion"
+        keeps_level = True
+        reasons.append("no current champion")
     else:
         keeps_level = adapter_f1 >= champion_f1 - _TOL
-        vs_champion = (f"current champion v{champion_version} macro-F1 {champion_f1:.4f}: "
+        reasons.append(f"current champion v{champion_version} macro-F1 {champion_f1:.4f}: "
                        f"{'not below' if keeps_level else 'below'}")
-    alias = CHAMPION if beats_base and keeps_level else CHALLENGER
-    return PromotionDecision(alias=alias, reason=f"{alias}: {vs_base}; {vs_champion}")
+    alias = CHAMPION if beats_base and keeps_level and not loses_to_tfidf else CHALLENGER
+    return PromotionDecision(alias=alias, reason=f"{alias}: {'; '.join(reasons)}")

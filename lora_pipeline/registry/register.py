@@ -59,6 +59,9 @@ def promote_version(client: MlflowClient, name: str, version: str, evaluation: D
         margin=promotion.min_gain_over_base,
         champion_f1=champion_f1,
         champion_version=champion.version if champion else None,
+        tfidf_f1=evaluation.macro_f1("tfidf"),
+        tfidf_tolerance=promotion.max_loss_to_tfidf,
+        domain=evaluation.domain,
     )
     for key, value in {
         "adapter_macro_f1": f"{evaluation.macro_f1('adapter'):.4f}",
@@ -82,7 +85,7 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
     """Log the domain's run, register its adapter and apply the promotion rule (or find it registered)."""
     setup_tracking(cfg)
     client = MlflowClient()
-    name = schema.registered_name(cfg.data.name, splits.domain, cfg.base.name)
+    name = schema.registered_name(cfg.dataset_name, splits.domain, cfg.base.name)
     identity = adapter_key(splits, training_inputs(cfg))
     existing = None if cfg.runtime.refresh_cache else find_version_by_tag(client, name, schema.ADAPTER_KEY, identity)
     if existing is not None:  # a cached re-run: the same adapter is not registered twice
@@ -102,7 +105,7 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
         schema.LABELS: ",".join(splits.labels),
     }
     run_id, model_uri = log_domain_run(cfg, parent_run_id, splits, trained, evaluation, provenance)
-    model_tags = {schema.DATASET: cfg.data.name, schema.DOMAIN: splits.domain, schema.BASE_MODEL: cfg.base.name,
+    model_tags = {schema.DATASET: cfg.dataset_name, schema.DOMAIN: splits.domain, schema.BASE_MODEL: cfg.base.name,
                   schema.MANAGED_BY: schema.MANAGED_BY_US}
     version = register_version(name, model_uri, provenance)
     try:

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from lora_pipeline.config import BaseModelConfig
+from lora_pipeline.config import BaseModelConfig, safe_name
 
 # Aliases
 CHAMPION = "champion"
@@ -53,7 +53,7 @@ _PAGE = 100
 def registered_name(dataset: str, domain: str, base_model: str) -> str:
     """'<dataset>-<domain>', plus '-<base>' for any base but the default: one champion per domain and base."""
     suffix = "" if base_model == DEFAULT_BASE else f"-{base_model}"
-    return f"{dataset}-{domain}{suffix}"
+    return safe_name(f"{dataset}-{domain}{suffix}")
 
 
 def managed_models(client: MlflowClient) -> Iterator[RegisteredModel]:

@@ -106,7 +106,15 @@ def domain_metrics(trained: TrainedAdapter, evaluation: DomainEvaluation, splits
         latency_p95_ms=evaluation.latency_p95_ms,
         throughput_per_s=evaluation.throughput_per_s,
         **{f"n_{split}": n for split, n in splits.counts.items()},
+        max_length=trained.max_length,
+        truncated_share=trained.truncated_share,
+        epochs_run=trained.epochs_run,
+        class_weighted=float(trained.class_weights is not None),
     )
+    if splits.available:  # the row cap: what the user would pay to train on every row
+        used, available = splits.counts["train"], splits.available["train"]
+        metrics.update(n_train_available=available,
+                       estimated_train_seconds_all_rows=round(trained.train_seconds * available / max(1, used), 1))
     return metrics
 
 

@@ -20,6 +20,7 @@ from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS, plot_confusion_matrix
 from lora_pipeline.registry import schema
+from lora_pipeline.registry.promotion import tfidf_verdict, tfidf_wins
 from lora_pipeline.registry.tracking import setup_tracking
 
 REPORT_ARTIFACT_DIR = "report"
@@ -45,10 +46,32 @@ def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
             "train_seconds": round(trained.train_seconds, 1),
             "adapter_kb": round(trained.adapter_size_bytes / 1024, 1),
             "n_test": evaluation.n_test,
+            "max_length": trained.max_length,
+            "truncated": f"{trained.truncated_share:.0%}",
+            "train_rows": f"{trained.train_rows}/{trained.train_rows_available}",
+            "finding": _finding(domain, trained, evaluation, registered),
         })
     for domain, error in sorted(failures.items()):
         rows.append({"domain": domain, "status": f"FAILED: {error}"})
     return rows
+
+
+def _finding(domain: str, trained, evaluation, registered) -> str:
+    """What the user must know about this domain, in words ('' for nothing)."""
+    notes = []
+    adapter, tfidf = evaluation.macro_f1("adapter"), evaluation.macro_f1("tfidf")
+    if tfidf_wins(adapter, tfidf):
+        notes.append(tfidf_verdict(domain, adapter, tfidf))
+    if trained.train_rows < trained.train_rows_available:
+        minutes = trained.train_seconds * trained.train_rows_available / max(1, trained.train_rows) / 60
+        notes.append(f"trained on {trained.train_rows} of {trained.train_rows_available} train rows "
+                     f"(all rows: ~{minutes:.0f} min; --set split.max_train_rows=0)")
+    return "; ".join(notes)
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """One line per domain with something to say, for the console after the table."""
+    return [f"{row['domain']}: {row['finding']}" for row in rows if row.get("finding")]
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -61,7 +84,7 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 def format_results_table(rows: list[dict]) -> str:
     return markdown_table(rows, ["domain", "status", "version", "alias", "adapter_macro_f1", "base_macro_f1",
-                                 "tfidf_macro_f1", "train_seconds", "adapter_kb", "n_test"])
+                                 "tfidf_macro_f1", "train_seconds", "max_length", "train_rows", "n_test"])
 
 
 # --- the comparison report of one run ---------------------------------------------------------------

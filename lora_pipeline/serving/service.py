@@ -88,7 +88,7 @@ class ChampionService:
     # -- registry -> pool -------------------------------------------------------------------------
     def champions(self) -> dict[str, tuple[str, str]]:
         """domain -> (registered model, champion version), for this config's dataset."""
-        return schema.champions_by_domain(self.client, self.cfg.data.name, self.cfg.base.name)
+        return schema.champions_by_domain(self.client, self.cfg.dataset_name, self.cfg.base.name)
 
     def reload(self, domains: list[str] | None = None) -> ReloadReport:
         """Bring the pool in line with the registry's champions (only ``domains`` when given)."""

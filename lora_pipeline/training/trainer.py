@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
-from lora_pipeline.config import TrainConfig, TrainingInputs
+from lora_pipeline.config import BaseModelConfig, TrainConfig, TrainingInputs
 from lora_pipeline.data.prepare import DomainSplits
 from lora_pipeline.errors import ConfigError
 from lora_pipeline.evaluation.metrics import classification_metrics
@@ -29,10 +29,12 @@ from lora_pipeline.models import ModelKind, kind_of
 from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model,
                                            count_parameters, save_adapter)
 from lora_pipeline.models.bases import get_spec, load_tokenizer
+from lora_pipeline.models.text_length import ChosenLength, choose_max_length
 
 # Domains train in parallel threads; the global RNG is seeded and consumed for adapter init under this
 # lock so that the initial weights are the same whatever the thread interleaving.
 _INIT_LOCK = threading.Lock()
+IMBALANCE_RATIO = 1.5  # class_weights: auto weights a domain whose largest class has this many times the smallest's rows
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class TrainedAdapter:
     adapter_size_bytes: int
     best_val_macro_f1: float
     trained_on: str  # host:pid of the process that trained it (a Dask worker, or this process)
+    max_length: int = 0  # tokens of a text the adapter sees (chosen from the data for base.max_length: auto)
+    truncated_share: float = 0.0  # share of its train texts longer than that (cut head+tail)
+    class_weights: list[float] | None = None  # loss weight per label (None: unweighted)
+    epochs_run: float = 0.0  # early stopping may end training before train.epochs
+    train_rows: int = 0  # rows trained on, of
+    train_rows_available: int = 0  # the rows the domain's train split had before split.max_train_rows
 
 
 def _schedule(n_train: int, train: TrainConfig) -> tuple[int, int]:
@@ -56,13 +64,34 @@ def _schedule(n_train: int, train: TrainConfig) -> tuple[int, int]:
     return total, min(steps_per_epoch, total)
 
 
+def resolve_max_length(tokenizer, splits: DomainSplits, base: BaseModelConfig) -> ChosenLength:
+    """base.max_length, or for 'auto' the length chosen from the domain's train texts (text_length.py)."""
+    spec = get_spec(base.name)
+    texts = splits.read("train")["text"].tolist()
+    if base.max_length == "auto":
+        return choose_max_length(tokenizer, texts, base.length_coverage, base.max_length_cap or spec.length_budget)
+    if base.max_length > spec.max_positions:
+        raise ConfigError(f"base.max_length={base.max_length}: {base.name} has {spec.max_positions} positions")
+    return choose_max_length(tokenizer, texts, 1.0, base.max_length)  # the fixed length, and what it cuts
+
+
+def class_weights_for(splits: DomainSplits, train: TrainConfig) -> list[float] | None:
+    """Balanced loss weights (n / (k * n_label), as scikit-learn's 'balanced') when asked for, or under
+    'auto' when the largest class has >= 1.5x the rows of the smallest; else None."""
+    counts = splits.read("train")["label"].value_counts().reindex(splits.labels, fill_value=0)
+    imbalanced = counts.max() >= IMBALANCE_RATIO * max(1, counts.min())
+    if train.class_weights == "none" or (train.class_weights == "auto" and not imbalanced):
+        return None
+    weights = counts.sum() / (len(counts) * counts.clip(lower=1))
+    return [round(float(w), 4) for w in weights]
+
+
 def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, output_dir: Path,
-         learning_rate: float):
-    """Train ``model`` on the domain's train split with the HF Trainer, evaluating on val once per epoch
-    and keeping the best checkpoint. Returns (trainer, tokenizer, train seconds)."""
+         learning_rate: float, tokenizer, max_length: int, class_weights: list[float] | None):
+    """Train ``model`` on the domain's train split with the HF Trainer, evaluating on val once per epoch,
+    stopping early when it stops improving, and keeping the best checkpoint. Returns (trainer, seconds)."""
     train = inputs.train
-    tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
-    train_ds, val_ds, collator = kind.training_data(tokenizer, splits, inputs)
+    train_ds, val_ds, collator = kind.training_data(tokenizer, splits, max_length, inputs.instruction)
     total_steps, eval_every = _schedule(len(train_ds), train)
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -89,13 +118,15 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the kind's examples hold exactly what the model takes
     )
+    stopping = [EarlyStoppingCallback(train.early_stopping_patience)] if train.early_stopping_patience else []
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-                      compute_metrics=kind.compute_metrics(splits.labels))
+                      compute_metrics=kind.compute_metrics(splits.labels), callbacks=stopping,
+                      compute_loss_func=kind.loss_function(class_weights))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-    return trainer, tokenizer, seconds
+    return trainer, seconds
 
 
 def _val_macro_f1(trainer: Trainer, kind: ModelKind, adapter: LoadedAdapter, splits: DomainSplits,
@@ -116,21 +147,25 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         torch.set_num_threads(inputs.train.torch_threads)
     kind = kind_of(inputs.base.name)
 
-    # --- setup
+    # --- setup: the data decides the sequence length and the class weights
+    tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
+    length = resolve_max_length(tokenizer, splits, inputs.base)
+    weights = class_weights_for(splits, inputs.train)
     with _INIT_LOCK:
         set_seed(inputs.train.seed)
         model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir)
     trainable, total = count_parameters(model)
 
     # --- train
-    trainer, tokenizer, train_seconds = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate)
+    trainer, train_seconds = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate, tokenizer,
+                                  length.max_length, weights)
 
     # --- save (adapter + trained modules + label map; never the base)
     adapter_dir = output_dir / "adapter"
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
-                       max_length=inputs.base.max_length, kind=kind.name, instruction=inputs.instruction or "")
+                       max_length=length.max_length, kind=kind.name, instruction=inputs.instruction or "")
     save_adapter(trainer.model, meta, adapter_dir)
     trainer.model.eval()
     loaded = LoadedAdapter(meta=meta, model=trainer.model, tokenizer=tokenizer)
@@ -145,6 +180,12 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         adapter_size_bytes=adapter_size_bytes(adapter_dir),
         best_val_macro_f1=_val_macro_f1(trainer, kind, loaded, splits, kind.validation_batch_size(inputs.train)),
         trained_on=f"{socket.gethostname()}:{os.getpid()}",
+        max_length=length.max_length,
+        truncated_share=length.truncated_share,
+        class_weights=weights,
+        epochs_run=round(float(trainer.state.epoch or 0), 2),
+        train_rows=splits.counts["train"],
+        train_rows_available=splits.available.get("train", splits.counts["train"]),
     )
 
 
@@ -166,13 +207,16 @@ def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: s
     kind = kind_of(inputs.base.name)
     if kind.checkpoint_metric != "macro_f1":
         raise ConfigError(f"base.name={inputs.base.name}: the full fine-tune baseline supports encoder bases only")
+    tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
+    length = resolve_max_length(tokenizer, splits, inputs.base)
     with _INIT_LOCK:
         set_seed(inputs.train.seed)
         model = kind.load_base(get_spec(inputs.base.name), splits.labels, inputs.base.cache_dir)
     trainable, _ = count_parameters(model)
-    trainer, tokenizer, seconds = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate)
+    trainer, seconds = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate, tokenizer,
+                            length.max_length, class_weights_for(splits, inputs.train))
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
-                       max_length=inputs.base.max_length, kind=kind.name)
+                       max_length=length.max_length, kind=kind.name)
     return FullFineTune(model=LoadedAdapter(meta=meta, model=trainer.model.eval(), tokenizer=tokenizer),
                         train_seconds=round(seconds, 3), steps=trainer.state.global_step,
                         trainable_params=trainable, best_val_macro_f1=float(trainer.state.best_metric))

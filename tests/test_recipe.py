@@ -1,0 +1,131 @@
+"""The data-aware recipe: the sequence length chosen from the data, head+tail truncation, zero-shot
+label descriptions for any labels, class weights for imbalanced domains, names from the data, and a gate
+that knows when the classical baseline wins."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from lora_pipeline.config import load_config, safe_name
+from lora_pipeline.data.prepare import DomainSplits
+from lora_pipeline.models.encoder import describe_label
+from lora_pipeline.models.text_length import choose_max_length, encode_head_tail, head_tail, truncate_text
+from lora_pipeline.registry.promotion import CHALLENGER, CHAMPION, decide_promotion
+from lora_pipeline.training.trainer import class_weights_for
+
+
+class WordTokenizer:
+    """One token per whitespace word, plus [CLS] ... [SEP]: lengths in a test are word counts + 2."""
+
+    def __call__(self, texts, add_special_tokens=True, truncation=False, verbose=True):
+        single = isinstance(texts, str)
+        ids = [[len(w) for w in t.split()] for t in ([texts] if single else texts)]
+        if add_special_tokens:
+            ids = [[101, *x, 102] for x in ids]
+        out = {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}
+        return type("Encoding", (dict,), {"input_ids": property(lambda self: self["input_ids"][0] if single
+                                                                else self["input_ids"])})(out)
+
+    def decode(self, ids):
+        return " ".join("w" * i for i in ids)
+
+
+@pytest.mark.parametrize(
+    "word_counts, coverage, cap, expected_length, expected_truncated",
+    [
+        ([10] * 100, 0.95, 256, 16, 0.0),  # short snippets: the 16-token floor
+        ([20] * 96 + [500] * 4, 0.95, 256, 24, 0.04),  # p95 = 22 tokens -> 24; the 4 long ones are cut
+        (list(range(1, 401)), 0.95, 256, 256, 0.365),  # long documents (3-402 tokens): the cap, the base's budget
+        (list(range(1, 401)), 0.5, 256, 208, 0.485),  # p50 = 202.5 tokens -> the next multiple of 8
+        ([300] * 10, 1.0, 128, 128, 1.0),  # a fixed length: everything longer is cut
+    ],
+)
+def test_the_length_is_chosen_from_the_token_lengths(word_counts, coverage, cap, expected_length, expected_truncated):
+    texts = [" ".join(["w"] * n) for n in word_counts]
+    chosen = choose_max_length(WordTokenizer(), texts, coverage, cap)
+    assert chosen.max_length == expected_length
+    assert chosen.truncated_share == pytest.approx(expected_truncated)
+    assert chosen.max_length % 8 == 0 or chosen.max_length == cap
+
+
+def test_head_tail_truncation_keeps_both_ends():
+    ids = list(range(100))
+    cut = head_tail(ids, 40)
+    assert len(cut) == 40 and cut[:10] == list(range(10)) and cut[10:] == list(range(70, 100))
+    assert head_tail(ids, 200) == ids  # short enough: untouched
+    # Encoded with special tokens: [CLS] stays first, [SEP] last, every field cut alike.
+    [encoded] = encode_head_tail(WordTokenizer(), [" ".join("w" * (i % 7 + 1) for i in range(60))], 20)
+    assert encoded["input_ids"][0] == 101 and encoded["input_ids"][-1] == 102
+    assert len(encoded["input_ids"]) == len(encoded["attention_mask"]) == 20
+    text = truncate_text(WordTokenizer(), " ".join("w" * (i % 5 + 1) for i in range(50)), 12)
+    assert text.startswith("w ww www") and " ... " in text and text.endswith("wwww wwwww")
+
+
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        ("business", "This text is about business."),
+        ("credit_card", "This text is about credit card."),
+        ("creditCard", "This text is about credit card."),
+        ("comp.sys.mac.hardware", "This text is about comp sys mac hardware."),
+        ("sci-fi", "This text is about sci fi."),
+        ("negative", "This text expresses a negative, unfavourable sentiment."),  # configured ones win
+    ],
+)
+def test_zero_shot_descriptions_are_derived_from_any_label(label, expected):
+    eval_cfg = load_config(env={}).eval
+    assert describe_label(label, eval_cfg.label_descriptions, eval_cfg.label_template) == expected
+
+
+def _splits(tmp_path, counts: dict[str, int]) -> DomainSplits:
+    rows = [{"text": f"{label} {i}", "label": label} for label, n in counts.items() for i in range(n)]
+    pd.DataFrame(rows).to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    return DomainSplits(domain="d", labels=sorted(counts), dir=str(tmp_path), fingerprint="f", counts={"train": len(rows)})
+
+
+@pytest.mark.parametrize(
+    "counts, setting, expected",
+    [
+        ({"neg": 50, "neu": 50, "pos": 50}, "auto", None),  # balanced: plain loss
+        ({"neg": 40, "neu": 5, "pos": 35}, "auto", [80 / 120, 80 / 15, 80 / 105]),  # VADER movie-like: weighted
+        ({"neg": 40, "neu": 5, "pos": 35}, "none", None),
+        ({"neg": 50, "pos": 50}, "balanced", [1.0, 1.0]),
+    ],
+)
+def test_imbalanced_domains_get_balanced_class_weights(tmp_path, counts, setting, expected):
+    train = load_config(overrides=[f"train.class_weights={setting}"], env={}).train
+    weights = class_weights_for(_splits(tmp_path, counts), train)
+    assert weights == (None if expected is None else pytest.approx(expected, abs=1e-4))
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({}, "vader"),  # the built-in set
+        ({"data.path": "/data/reviews.parquet"}, "reviews"),  # a user's file: its stem
+        ({"data.path": "/data/my reviews #1.csv"}, "my-reviews-1"),  # sanitised for MLflow
+        ({"data.path": "/data/reviews.csv", "data.name": "shop"}, "shop"),  # --name wins
+    ],
+)
+def test_models_are_named_after_the_data(values, expected):
+    assert load_config(values=values, env={}).dataset_name == expected
+    assert safe_name(expected) == expected
+
+
+@pytest.mark.parametrize(
+    "adapter, base, margin, tfidf, tolerance, alias, says",
+    [
+        (0.75, 0.40, 0.02, 0.78, 0.0, CHALLENGER, "TF-IDF beats the adapter on movie (0.78 vs 0.75)"),
+        (0.75, 0.40, 0.02, 0.78, 0.05, CHAMPION, "not beaten by more than 0.0500"),  # within the tolerance
+        (0.78, 0.40, 0.02, 0.78, 0.0, CHAMPION, "TF-IDF+LR 0.7800"),  # a tie is not a loss
+        (0.45, 0.40, 0.10, 0.30, 0.0, CHALLENGER, "gain +0.0500 < margin 0.1000"),  # beats TF-IDF, not the base
+    ],
+)
+def test_the_gate_knows_the_classical_baseline(adapter, base, margin, tfidf, tolerance, alias, says):
+    decision = decide_promotion(adapter, base, margin=margin, tfidf_f1=tfidf, tfidf_tolerance=tolerance,
+                                domain="movie")
+    assert decision.alias == alias
+    assert says in decision.reason
+    if "TF-IDF beats" in says:
+        assert decision.reason.startswith(f"{CHALLENGER}: TF-IDF beats the adapter")  # said first, plainly
