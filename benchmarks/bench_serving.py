@@ -36,7 +36,8 @@ from lora_pipeline.config import PipelineConfig, apply_runtime_env, load_config
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "serving.json"
 # Enough for every stage to be real, small enough to train all four domains in ~1.5 min on 2 cores.
 TINY_TRAINING = ["split.max_train_rows=96", "split.max_val_rows=24", "split.max_test_rows=40", "train.max_steps=12",
-                 "train.batch_size=8", "eval.latency_samples=3", "promotion.min_gain_over_base=-1"]
+                 "train.batch_size=8", "eval.latency_samples=3", "promotion.min_gain_over_base=-1",
+                 "promotion.max_loss_to_tfidf=1"]
 
 
 def bench_config(project: Path) -> PipelineConfig:

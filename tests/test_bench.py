@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 DOMAINS = ["amazon", "tweets"]
 TINY = ["data.domains=[amazon,tweets]", "split.max_train_rows=48", "split.max_val_rows=16", "split.max_test_rows=30",
         "train.max_steps=6", "train.batch_size=8", "eval.latency_samples=3",
-        "promotion.min_gain_over_base=-1"]  # every domain becomes a champion, so there is something to serve
+        "promotion.min_gain_over_base=-1", "promotion.max_loss_to_tfidf=1"]  # every domain a champion: something to serve
 
 
 @pytest.fixture(scope="module")

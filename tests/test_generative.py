@@ -75,7 +75,7 @@ def test_generative_adapter_runs_through_the_pipeline_and_the_server(tmp_path, v
     data = pd.read_csv(vader_csv, dtype=str, keep_default_na=False)
     data[data["domain"] == "tweets"].to_csv(tmp_path / "data.csv", index=False)
     cfg = load_config(overrides=tiny_overrides(tmp_path) + [
-        f"data.path={tmp_path / 'data.csv'}", f"base.name={BASE}", "train.max_steps=3", "train.batch_size=4",
+        f"data.path={tmp_path / 'data.csv'}", "data.name=vader", "promotion.max_loss_to_tfidf=1", f"base.name={BASE}", "train.max_steps=3", "train.batch_size=4",
         "split.max_train_rows=24", "split.max_val_rows=9", "split.max_test_rows=12", "eval.latency_samples=2",
         "promotion.min_gain_over_base=-1", "api.poll_interval_s=0"])
     [row] = retrain(config=cfg)

@@ -323,3 +323,25 @@ def test_micro_batcher(case):
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
     assert calls == case.batches
+
+
+# --- 6. concurrent training is safe and reproducible ----------------------------------------------
+def test_domains_trained_in_parallel_threads_equal_domains_trained_one_after_the_other(tiny_bases, splits, tmp_path):
+    """Two domains trained at once (as the flow's thread runner does) give bit-identical adapters to the
+    same domains trained one after the other: training takes turns, and seeds at its start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safetensors.torch import load_file
+
+    domains = ["yesno", "stars"]
+
+    def train(root: Path, domain: str) -> Path:
+        return Path(train_adapter(splits[domain], _inputs(TINY_ENCODER), root / domain).adapter_dir)
+
+    one_by_one = [train(tmp_path / "sequential", d) for d in domains]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        at_once = list(pool.map(lambda d: train(tmp_path / "parallel", d), domains))
+    for a, b in zip(one_by_one, at_once):
+        first, second = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first)

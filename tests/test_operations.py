@@ -30,7 +30,8 @@ DOMAINS = ["amazon", "tweets"]
 
 def _set_args(project: Path) -> list[str]:
     """The tiny config for ``project`` as CLI arguments (--set k=v ...)."""
-    return [x for item in tiny_overrides(project) + [f"data.path={project / 'data.csv'}"] for x in ("--set", item)]
+    return [x for item in tiny_overrides(project) + [f"data.path={project / 'data.csv'}", "data.name=vader"]
+            for x in ("--set", item)]
 
 
 def _cli(project: Path, *args: str) -> int:
@@ -70,7 +71,7 @@ def test_no_change_rerun_hits_the_cache_and_registers_nothing(project, registry)
     from flows.retrain import retrain
 
     before = {d: _versions(registry, f"vader-{d}") for d in DOMAINS}
-    cfg = load_config(overrides=tiny_overrides(project) + [f"data.path={project / 'data.csv'}"])
+    cfg = load_config(overrides=tiny_overrides(project) + [f"data.path={project / 'data.csv'}", "data.name=vader"])
     state = retrain(config=cfg, return_state=True)
 
     assert state.is_completed()
@@ -236,7 +237,7 @@ def _free_port() -> int:
 def test_ui_servers_show_runs_started_after_them_and_stop_cleanly(project):
     from lora_pipeline.ops.servers import _running, start_servers, stop_servers
 
-    cfg = load_config(overrides=tiny_overrides(project) + [f"data.path={project / 'data.csv'}",
+    cfg = load_config(overrides=tiny_overrides(project) + [f"data.path={project / 'data.csv'}", "data.name=vader",
                                                           f"servers.prefect_port={_free_port()}",
                                                           f"servers.mlflow_port={_free_port()}"])
     servers = {s.name: s for s in start_servers(cfg)}

@@ -40,8 +40,8 @@ def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
 
 def _expected_alias(client, name, version, margin, champion=None):
     metrics = client.get_run(client.get_model_version(name, version).run_id).data.metrics
-    return decide_promotion(metrics["adapter_macro_f1"], metrics["base_macro_f1"], margin,
-                            champion_f1=champion).alias
+    return decide_promotion(metrics["adapter_macro_f1"], metrics["base_macro_f1"], margin, champion_f1=champion,
+                            tfidf_f1=metrics["tfidf_macro_f1"]).alias
 
 
 def test_run_registers_one_adapter_per_domain_then_rebuilds_one(tmp_path, vader_csv, prefect_harness):
@@ -154,3 +154,28 @@ def test_a_training_task_over_its_timeout_fails_without_retrying(tmp_path, vader
                                         sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=1)
     assert train.state.name == "TimedOut" and train.run_count == 1
     assert _versions(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "vader-tweets") == []
+
+
+def test_a_user_file_registers_under_its_own_name_and_a_tfidf_win_is_stated(tmp_path, prefect_harness, capsys):
+    """A user's file (not VADER) registers as '<file stem>-<domain>'. Its words give the label away, which
+    TF-IDF learns perfectly, while an adapter that cannot move (learning rate ~0) does not: the version
+    is held back as challenger, and the console and the version's reason say why."""
+    rows = [{"text": f"{word} {filler} number {i}", "label": label, "domain": "shop"}
+            for label, word in (("good", "excellent"), ("bad", "awful"))
+            for i, filler in enumerate(["works fine", "as expected", "nothing else", "at all"] * 10)]
+    data = tmp_path / "Shop Reviews.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    assert _run_cli(tmp_path, data, "--set", "train.learning_rate=1e-9") == 0
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    name = "Shop-Reviews-shop"  # the file's stem, made MLflow-safe
+    assert _versions(client, name) == ["1"]
+    version = client.get_model_version(name, "1")
+    tfidf, adapter = float(version.tags["tfidf_macro_f1"]), float(version.tags["adapter_macro_f1"])
+    assert tfidf == 1.0 and adapter < tfidf
+    assert version.tags["promotion_decision"] == "challenger"
+    assert version.tags["promotion_reason"].startswith(
+        f"challenger: TF-IDF beats the adapter on shop (1.00 vs {adapter:.2f})")
+    assert _aliases(client, name) == {"challenger": "1"}
+    printed = capsys.readouterr()
+    assert f"shop: TF-IDF beats the adapter on shop (1.00 vs {adapter:.2f})" in printed.out + printed.err

@@ -42,7 +42,8 @@ DOMAINS = ["amazon", "nyt", "tweets"]
 
 def _overrides(project: Path) -> list[str]:
     # Every tiny adapter becomes champion, whatever its score: serving is under test here, not promotion.
-    return tiny_overrides(project) + [f"data.path={project / 'data.csv'}", "promotion.min_gain_over_base=-1",
+    return tiny_overrides(project) + [f"data.path={project / 'data.csv'}", "data.name=vader",
+                                      "promotion.min_gain_over_base=-1", "promotion.max_loss_to_tfidf=1",
                                       "api.poll_interval_s=0.5", "api.batch_wait_ms=20"]
 
 

@@ -31,9 +31,13 @@ from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_s
 from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.text_length import ChosenLength, choose_max_length
 
-# Domains train in parallel threads; the global RNG is seeded and consumed for adapter init under this
-# lock so that the initial weights are the same whatever the thread interleaving.
-_INIT_LOCK = threading.Lock()
+# One training at a time per process, from seeding to the last step. Two HF Trainers in two threads share
+# accelerate's global AcceleratorState (one's reset was seen to crash the other: "'AcceleratorState' object has
+# no attribute 'distributed_type'"), and dropout draws from torch's one global generator, so concurrent
+# training was neither safe nor reproducible. Evaluation and registration of other domains still overlap,
+# and on a 2-core CPU two concurrent trainings were no faster than one after the other (README, Seeds).
+# Processes (runtime.task_runner: dask) train side by side, each with its own lock.
+_TRAIN_LOCK = threading.Lock()
 IMBALANCE_RATIO = 1.5  # class_weights: auto weights a domain whose largest class has this many times the smallest's rows
 
 
@@ -151,14 +155,14 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
     tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
     length = resolve_max_length(tokenizer, splits, inputs.base)
     weights = class_weights_for(splits, inputs.train)
-    with _INIT_LOCK:
+    with _TRAIN_LOCK:
         set_seed(inputs.train.seed)
         model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir)
-    trainable, total = count_parameters(model)
+        trainable, total = count_parameters(model)
 
-    # --- train
-    trainer, train_seconds = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate, tokenizer,
-                                  length.max_length, weights)
+        # --- train
+        trainer, train_seconds = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate,
+                                      tokenizer, length.max_length, weights)
 
     # --- save (adapter + trained modules + label map; never the base)
     adapter_dir = output_dir / "adapter"
@@ -209,12 +213,12 @@ def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: s
         raise ConfigError(f"base.name={inputs.base.name}: the full fine-tune baseline supports encoder bases only")
     tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
     length = resolve_max_length(tokenizer, splits, inputs.base)
-    with _INIT_LOCK:
+    with _TRAIN_LOCK:
         set_seed(inputs.train.seed)
         model = kind.load_base(get_spec(inputs.base.name), splits.labels, inputs.base.cache_dir)
-    trainable, _ = count_parameters(model)
-    trainer, seconds = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate, tokenizer,
-                            length.max_length, class_weights_for(splits, inputs.train))
+        trainable, _ = count_parameters(model)
+        trainer, seconds = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate, tokenizer,
+                                length.max_length, class_weights_for(splits, inputs.train))
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
                        max_length=length.max_length, kind=kind.name)
     return FullFineTune(model=LoadedAdapter(meta=meta, model=trainer.model.eval(), tokenizer=tokenizer),
