@@ -232,7 +232,7 @@ class ApiConfig(_Section):
         60, ge=0, description="Seconds between registry checks for new champions; 0 = only on POST /reload."
     )
     max_labels: int = Field(
-        16, ge=2, description="Widest label set one adapter may have: all heads share one padded base head of this width."
+        32, ge=2, description="Widest label set one adapter may have: all heads share one padded base head of this width."
     )
     # SecretStr: dumped as '**********', so the key never reaches a logged config.json or a hash.
     api_key: SecretStr | None = Field(

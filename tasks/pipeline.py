@@ -20,7 +20,7 @@ from lora_pipeline.config import EvaluationInputs, PipelineConfig, TrainingInput
 apply_runtime_env()  # a Dask worker imports this module first: offline/no-telemetry before transformers loads
 
 from lora_pipeline.data.datasets import resolve_data_path  # noqa: E402
-from lora_pipeline.data.prepare import DomainSplits, PreparedData, prepare_data  # noqa: E402
+from lora_pipeline.data.prepare import DomainSplits, PreparedData, domain_dirname, prepare_data  # noqa: E402
 from lora_pipeline.errors import is_transient  # noqa: E402
 from lora_pipeline.evaluation.evaluate import DomainEvaluation, evaluate_domain  # noqa: E402
 from lora_pipeline.provenance import adapter_key, evaluation_key  # noqa: E402
@@ -43,13 +43,13 @@ def retry_if_transient(task, task_run, state) -> bool:
 
 
 def adapter_dir_for(work_dir: Path, splits: DomainSplits, training: TrainingInputs) -> Path:
-    return Path(work_dir) / "adapters" / splits.domain / adapter_key(splits, training)[:16]
+    return Path(work_dir) / "adapters" / domain_dirname(splits.domain) / adapter_key(splits, training)[:16]
 
 
 @task(name="prepare-data")
 def prepare_data_task(cfg: PipelineConfig) -> PreparedData:
     path = resolve_data_path(cfg.data.path, cfg.project_dir)
-    prepared = prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared")
+    prepared = prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared", max_labels=cfg.api.max_labels)
     asked = cfg.data.name or path.stem
     if prepared.dataset != asked:
         print(f"note: dataset name '{asked}' is registered as '{prepared.dataset}' (MLflow-safe characters only)")

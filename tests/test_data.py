@@ -1,6 +1,7 @@
 """Loading, validation errors, stratified splits, leakage removal and fingerprints."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -138,3 +139,34 @@ def test_fingerprints_track_data_and_config(tmp_path):
     reseeded = _prepare(tmp_path, df, "split.seed=7")
     assert reseeded.fingerprint != first.fingerprint
     json.loads(first.to_json())
+
+
+@pytest.mark.parametrize("domain", ["../../../escaped", "a/b", "/etc", "..", "café/東京 2024", "x" * 100])
+def test_hostile_domain_values_never_leave_the_output_folder(tmp_path, domain):
+    df = _table(domains=(domain, "ok"))
+    prepared = _prepare(tmp_path, df)
+    out = (tmp_path / "out").resolve()
+    for split in prepared.domains.values():
+        assert Path(split.dir).resolve().is_relative_to(out)
+    assert prepared.domains[domain].read("train")["label"].nunique() == 2  # and it still works
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+@pytest.mark.parametrize(
+    "domain, message",
+    [("x" * 101, r"row 1: domain value in column 'domain' must be printable and at most 100 characters"),
+     ("tab\there", r"row 1: domain value .* must be printable")],
+)
+def test_unusable_domain_values_are_one_line_naming_the_row(tmp_path, domain, message):
+    with pytest.raises(DataError, match=message):
+        _prepare(tmp_path, _table(domains=(domain,)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_labels_than_the_server_can_hold_is_refused_before_training(tmp_path):
+    df = _table(labels=tuple(f"l{i}" for i in range(5)), n_per_label=10)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    cfg = load_config(env={})
+    with pytest.raises(DataError, match=r"domain 'a' has 5 labels, more than api.max_labels=4"):
+        prepare_data(tmp_path / "d.csv", cfg.data, cfg.split, tmp_path / "out", max_labels=4)
+    assert not (tmp_path / "out").exists()

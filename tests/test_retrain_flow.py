@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from lora_pipeline.cli import main
+from lora_pipeline.data.prepare import domain_dirname
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS
 from lora_pipeline.registry.promotion import decide_promotion
 from tests.conftest import tiny_overrides
@@ -105,7 +106,7 @@ def test_run_registers_one_adapter_per_domain_then_rebuilds_one(tmp_path, vader_
 
 def test_a_failing_domain_does_not_lose_the_others(tmp_path, vader_csv, prefect_harness, capsys):
     # A real failure, no mocks: tweets' adapter directory cannot be created (a file is in the way).
-    blocker = tmp_path / ".lora_pipeline" / "adapters" / "tweets"
+    blocker = tmp_path / ".lora_pipeline" / "adapters" / domain_dirname("tweets")
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a directory")
 

@@ -19,6 +19,7 @@ from lora_pipeline.config import DataConfig, SplitConfig, safe_name, sha256_json
 from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
+MAX_DOMAIN_CHARS = 100  # a domain names a registered model (with the dataset and base) and a directory
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,23 @@ def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.D
             raise DataError(f"{source}: row {row}: empty value in {role} column '{cols[role]}'")
     out["label"] = out["label"].astype(str).str.strip().replace(cfg.label_map)
     out["domain"] = out["domain"].astype(str).str.strip().replace(cfg.domain_map)
+    bad = out["domain"].map(lambda d: len(d) > MAX_DOMAIN_CHARS or not d.isprintable())
+    if bad.any():
+        row = int(bad.idxmax())
+        raise DataError(f"{source}: row {row}: domain value in column '{cfg.domain_col}' must be printable and at "
+                        f"most {MAX_DOMAIN_CHARS} characters (map it with data.domain_map)")
     text = out["text"].where(out["text"].notna(), "").astype(str).str.strip()
     empty = text == ""
     if empty.all():
         raise DataError(f"{source}: every value in text column '{cfg.text_col}' is empty")
     out["text"] = text
     return out[~empty], int(empty.sum())
+
+
+def domain_dirname(domain: str) -> str:
+    """A directory name for ``domain`` that stays inside its parent whatever the value ('../x', 'a/b', 300
+    characters, any script): its safe characters, then a hash that keeps distinct domains apart."""
+    return f"{safe_name(domain)[:40]}-{hashlib.sha256(domain.encode()).hexdigest()[:8]}"
 
 
 def _normalise(text: str) -> str:
@@ -177,23 +189,28 @@ def _fingerprint_rows(parts: dict[str, pd.DataFrame]) -> str:
 
 
 def prepare_data(
-    path: str | Path, data_cfg: DataConfig, split_cfg: SplitConfig, out_dir: str | Path
+    path: str | Path, data_cfg: DataConfig, split_cfg: SplitConfig, out_dir: str | Path, max_labels: int | None = None
 ) -> PreparedData:
-    """Load, validate and split ``path``; write each domain's splits as JSONL under ``out_dir``."""
+    """Load, validate and split ``path``; write each domain's splits as JSONL under ``out_dir``.
+    ``max_labels``: a domain with more labels is an input error (the server could not hold its head)."""
     path = Path(path)
     source = str(path)
     table, dropped = validate_table(load_table(path), data_cfg, source)
-    available = sorted(table["domain"].unique())
-    unknown = [d for d in data_cfg.domains if d not in available]
+    present = sorted(table["domain"].unique())
+    unknown = [d for d in data_cfg.domains if d not in present]
     if unknown:
-        raise DataError(f"{source}: unknown domain(s) {', '.join(unknown)} (available: {', '.join(available)})")
-    chosen = data_cfg.domains or available
+        raise DataError(f"{source}: unknown domain(s) {', '.join(unknown)} (available: {', '.join(present)})")
+    chosen = data_cfg.domains or present
 
     config_hash = sha256_json([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")])
     fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
 
     split_parts, available, leaks = {}, {}, 0
     for domain in chosen:  # validate every domain before writing anything
+        labels = table.loc[table["domain"] == domain, "label"].nunique()
+        if max_labels is not None and labels > max_labels:
+            raise DataError(f"{source}: domain '{domain}' has {labels} labels, more than api.max_labels={max_labels} "
+                            "(what one server can hold); merge labels with data.label_map or raise api.max_labels")
         split_parts[domain], removed, available[domain] = split_domain(table[table["domain"] == domain], domain,
                                                                        split_cfg, source)
         leaks += removed
@@ -202,7 +219,7 @@ def prepare_data(
     for domain, parts in split_parts.items():
         domain_fingerprint = _fingerprint_rows(parts)
         # Keyed by the domain's own rows, so another domain's edit leaves this domain's inputs (and cache) as is.
-        domain_dir = Path(out_dir) / domain / domain_fingerprint[:16]
+        domain_dir = Path(out_dir) / domain_dirname(domain) / domain_fingerprint[:16]
         domain_dir.mkdir(parents=True, exist_ok=True)
         for name, part in parts.items():
             part[["text", "label"]].to_json(domain_dir / f"{name}.jsonl", orient="records", lines=True,
