@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path

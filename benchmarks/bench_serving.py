@@ -133,10 +133,11 @@ def switching_batch(service):
 def merged_batch(model, tokenizer, max_length):
     import torch
 
+    from lora_pipeline.models.encoder import encode
+
     def run(items):
         with torch.inference_mode():
-            batch = tokenizer([text for _, text in items], truncation=True, max_length=max_length,
-                              padding=True, return_tensors="pt")
+            batch = encode(tokenizer, [text for _, text in items], [max_length] * len(items))  # as the pool cuts
             return model(**batch).logits.argmax(-1).tolist()
 
     return run

@@ -114,6 +114,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     from lora_pipeline.models import kind_of
     from lora_pipeline.models.adapters import build_lora_model, count_parameters
     from lora_pipeline.models.bases import get_spec, load_tokenizer
+    from lora_pipeline.training.trainer import resolve_max_length
 
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -121,7 +122,8 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     train = splits.read("train").head(cfg.train.batch_size)
     label_ids = {label: i for i, label in enumerate(splits.labels)}
     tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
-    batch = tokenizer(train["text"].tolist(), truncation=True, max_length=cfg.base.max_length,
+    max_length = resolve_max_length(tokenizer, splits, cfg.base).max_length  # what training chooses for it
+    batch = tokenizer(train["text"].tolist(), truncation=True, max_length=max_length,
                       padding="max_length", return_tensors="pt")  # a fixed shape: the same work every step
     batch["labels"] = torch.tensor([label_ids[label] for label in train["label"]])
     batch = {k: v.to(device) for k, v in batch.items()}
