@@ -70,7 +70,9 @@ class DataConfig(_Section):
     path: str | None = Field(None, description="CSV, Parquet or JSONL file; null = the built-in VADER set.")
     text_col: str = Field("text", description="Column holding the input text.")
     label_col: str = Field("label", description="Column holding the class label.")
-    domain_col: str = Field("domain", description="Column naming the domain; one adapter per value.")
+    domain_col: str | None = Field(
+        None, description="Column naming the domain; one adapter per value. null = the column 'domain' if the file "
+        "has one, else the whole file is one domain named 'all'.")
     domain_map: dict[str, str] = Field(
         default_factory=dict, description="Optional raw domain value -> domain name (unmapped values kept)."
     )

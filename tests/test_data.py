@@ -170,3 +170,11 @@ def test_more_labels_than_the_server_can_hold_is_refused_before_training(tmp_pat
     with pytest.raises(DataError, match=r"domain 'a' has 5 labels, more than api.max_labels=4"):
         prepare_data(tmp_path / "d.csv", cfg.data, cfg.split, tmp_path / "out", max_labels=4)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_table_without_a_domain_column_is_one_domain(tmp_path):
+    df = _table(domains=("x",)).drop(columns="domain")
+    prepared = _prepare(tmp_path, df)
+    assert list(prepared.domains) == ["all"]
+    with pytest.raises(DataError, match=r"missing domain column 'category'"):  # named explicitly: required
+        _prepare(tmp_path, df, "data.domain_col=category")

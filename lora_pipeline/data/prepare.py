@@ -19,6 +19,7 @@ from lora_pipeline.config import DataConfig, SplitConfig, safe_name, sha256_json
 from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
+DEFAULT_DOMAIN_COL, SINGLE_DOMAIN = "domain", "all"  # data.domain_col null: this column, or one domain
 MAX_DOMAIN_CHARS = 100  # a domain names a registered model (with the dataset and base) and a directory
 
 
@@ -94,7 +95,10 @@ def load_table(path: str | Path) -> pd.DataFrame:
 
 def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.DataFrame, int]:
     """Check columns and values; return (text/label/domain frame, number of empty-text rows dropped)."""
-    cols = {"text": cfg.text_col, "label": cfg.label_col, "domain": cfg.domain_col}
+    domain_col = cfg.domain_col or DEFAULT_DOMAIN_COL
+    cols = {"text": cfg.text_col, "label": cfg.label_col, "domain": domain_col}
+    if cfg.domain_col is None and DEFAULT_DOMAIN_COL not in df.columns:  # a plain text,label table
+        df = df.assign(**{DEFAULT_DOMAIN_COL: SINGLE_DOMAIN})
     for role, col in cols.items():
         if col not in df.columns:
             raise DataError(
@@ -112,7 +116,7 @@ def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.D
     bad = out["domain"].map(lambda d: len(d) > MAX_DOMAIN_CHARS or not d.isprintable())
     if bad.any():
         row = int(bad.idxmax())
-        raise DataError(f"{source}: row {row}: domain value in column '{cfg.domain_col}' must be printable and at "
+        raise DataError(f"{source}: row {row}: domain value in column '{domain_col}' must be printable and at "
                         f"most {MAX_DOMAIN_CHARS} characters (map it with data.domain_map)")
     text = out["text"].where(out["text"].notna(), "").astype(str).str.strip()
     empty = text == ""
