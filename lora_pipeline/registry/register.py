@@ -119,5 +119,6 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
     client.set_tag(run_id, schema.REGISTERED_MODEL, name)
     client.set_tag(run_id, schema.REGISTERED_VERSION, version)
     client.set_tag(run_id, schema.PROMOTION_DECISION, decision.alias)
+    client.set_tag(run_id, schema.PROMOTION_REASON, decision.reason)
     return RegisteredAdapter(domain=splits.domain, model_name=name, version=version, run_id=run_id,
                              alias=decision.alias, reason=decision.reason, is_new=True)

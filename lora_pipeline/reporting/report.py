@@ -99,6 +99,7 @@ class DomainResult:
     efficiency: dict[str, float]
     version: str = ""
     decision: str = ""
+    reason: str = ""  # the promotion rule's numbers, e.g. "challenger: TF-IDF beats the adapter on ..."
 
 
 @dataclass
@@ -159,6 +160,7 @@ def collect_comparison(client, run_id: str) -> RunComparison:
                 efficiency={k: run.data.metrics[k] for k in EFFICIENCY if k in run.data.metrics},
                 version=run.data.tags.get(schema.REGISTERED_VERSION, ""),
                 decision=run.data.tags.get(schema.PROMOTION_DECISION, ""),
+                reason=run.data.tags.get(schema.PROMOTION_REASON, ""),
             ))
     return comparison
 
@@ -266,6 +268,8 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
          "trainable params": f"{int(d.efficiency.get('trainable_params', 0)):,}",
          "latency p50 ms": f"{d.efficiency.get('latency_p50_ms', float('nan')):.1f}",
          "texts/s": f"{d.efficiency.get('throughput_per_s', float('nan')):.1f}"} for d in comparison.domains])]
+    blocks += [("h2", "Promotion decisions"), *[("p", f"**{d.domain}** v{d.version}: {d.reason or d.decision}")
+                                                 for d in comparison.domains]]
     for d in comparison.domains:
         blocks += [("h2", f"{d.domain}: every metric"), ("table", [
             {"model": names[m], **{k: f"{d.metrics[m][k]:.3f}" for k in SCALAR_METRICS}} for m in models if m in d.metrics])]
