@@ -12,7 +12,6 @@ from mlflow.exceptions import MlflowException
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.registry import schema
-from lora_pipeline.registry.schema import CHAMPION
 
 
 def model_name_for(client: MlflowClient, cfg: PipelineConfig, domain_or_name: str) -> str:
@@ -69,8 +68,8 @@ def list_models(client: MlflowClient) -> pd.DataFrame:
             "latest": max((int(v.version) for v in versions), default=None),
             "aliases": ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())),
         }
-        if CHAMPION in aliases:
-            champion = _version_row(client, client.get_model_version(model.name, aliases[CHAMPION]), [CHAMPION])
+        if schema.CHAMPION in aliases:
+            champion = _version_row(client, client.get_model_version(model.name, aliases[schema.CHAMPION]), [schema.CHAMPION])
             row.update({k: champion[k] for k in ("adapter_macro_f1", "base_macro_f1", "tfidf_macro_f1",
                                                    "adapter_kb", "train_seconds")})
         rows.append(row)

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.registry.schema import CHALLENGER, CHAMPION, HISTORY_PREFIX
+
 AUTO, PROMOTE, ROLLBACK = "auto", "promote", "rollback"  # by the pipeline's rule, by a person, undo
 
 

@@ -24,6 +24,7 @@ from mlflow.models import Model
 
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
+from lora_pipeline.models.bases import get_spec
 from lora_pipeline.registry import schema
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
@@ -184,9 +185,15 @@ class ChampionService:
         """Classify ``text`` with the bare base, prompted with labelled ``examples`` (no adapter, no training)."""
         labels = labels or sorted({label for _, label in examples})
         probs = self.pool.predict_few_shot(text, examples, labels, self.cfg.generative.instruction,
-                                           self.cfg.base.max_length)
+                                           self._few_shot_tokens())
         return {"label": labels[int(probs.argmax())],
                 "probabilities": {label: float(p) for label, p in zip(labels, probs)}}
+
+    def _few_shot_tokens(self) -> int:
+        """Tokens of each text in a few-shot prompt: base.max_length, or for 'auto' the base's budget (a
+        request has no train split to measure)."""
+        base = self.cfg.base
+        return base.max_length if isinstance(base.max_length, int) else base.max_length_cap or get_spec(base.name).length_budget
 
     def adapters(self) -> list[dict]:
         """Every domain served or failed: version, labels, metrics, and the last load error if any."""
