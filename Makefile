@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 WORK_POOL ?= lora-local
 
-.PHONY: install data demo test bench serve ui stop deploy deploy-pool worker clean
+.PHONY: install data demo test bench bench-heldout serve ui stop deploy deploy-pool worker clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -28,9 +28,14 @@ test: install data
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=8
 
 # Benchmarks (never timed asserts): the default pipeline, a full fine-tune, step costs and serving, in one
-# run -> benchmarks/results/latest.json + report.md + quality.png (~30 min on 2 CPU cores).
+# run -> benchmarks/results/latest.json + report.md + quality.png (~30 min on 2 CPU cores); then the default
+# config on the held-out datasets -> benchmarks/results/heldout.json + heldout.md (~60 min).
 bench: install data
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench_heldout
+
+bench-heldout: install data
+	$(BIN)/python -m benchmarks.bench_heldout $(HELDOUT_ARGS)
 
 # The prediction API on 127.0.0.1:8000: every domain's champion on one base (Ctrl-C stops).
 serve: install

@@ -129,3 +129,21 @@ def test_the_gate_knows_the_classical_baseline(adapter, base, margin, tfidf, tol
     assert says in decision.reason
     if "TF-IDF beats" in says:
         assert decision.reason.startswith(f"{CHALLENGER}: TF-IDF beats the adapter")  # said first, plainly
+
+
+def test_the_run_summary_states_tfidf_wins_and_the_row_cap():
+    from types import SimpleNamespace
+
+    from lora_pipeline.reporting.report import findings, summary_rows
+
+    def result(adapter, tfidf, rows, available):
+        trained = SimpleNamespace(train_seconds=60.0, adapter_size_bytes=1024, max_length=256, truncated_share=0.3,
+                                  train_rows=rows, train_rows_available=available)
+        metrics = {m: {"macro_f1": f, "accuracy": f} for m, f in (("adapter", adapter), ("base", 0.3), ("tfidf", tfidf))}
+        evaluation = SimpleNamespace(metrics=metrics, n_test=100, macro_f1=lambda m: metrics[m]["macro_f1"])
+        registered = SimpleNamespace(is_new=True, model_name="m", version="1", alias="challenger")
+        return trained, evaluation, registered
+
+    rows = summary_rows({"movie": result(0.75, 0.78, 800, 8000), "nyt": result(0.70, 0.30, 500, 500)}, {})
+    assert findings(rows) == ["movie: TF-IDF beats the adapter on movie (0.78 vs 0.75); trained on 800 of 8000 "
+                              "train rows (all rows: ~10 min; --set split.max_train_rows=0)"]
