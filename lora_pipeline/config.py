@@ -95,13 +95,7 @@ class SplitConfig(_Section):
 
 
 class BaseModelConfig(_Section):
-    @model_validator(mode="after")
-    def _length_is_sane(self) -> BaseModelConfig:
-        if isinstance(self.max_length, int) and self.max_length < 8:
-            raise ValueError("base.max_length must be 'auto' or at least 8")
-        return self
-
-    name: str = Field("all-minilm-l6-v2", description="Key in lora_pipeline.base_models.BASE_MODELS.")
+    name: str = Field("all-minilm-l6-v2", description="Key in lora_pipeline.models.bases.BASE_MODELS (its kind and package).")
     max_length: int | Literal["auto"] = Field(
         "auto", description="Tokens of a text the model sees (longer texts keep their head and tail). 'auto' = "
         "per domain, the length covering base.length_coverage of its train texts, at most base.max_length_cap.")
@@ -112,6 +106,12 @@ class BaseModelConfig(_Section):
     cache_dir: str = Field(
         "~/.cache/lora-pipeline/bases", description="Where generative (GGUF) bases are converted to safetensors once."
     )
+
+    @model_validator(mode="after")
+    def _length_is_sane(self) -> BaseModelConfig:
+        if isinstance(self.max_length, int) and self.max_length < 8:
+            raise ValueError("base.max_length must be 'auto' or at least 8")
+        return self
 
 
 class LoraSettings(_Section):

@@ -1,6 +1,6 @@
 """The MLflow model of an adapter: its artifact is the adapter folder only; the base is named, not copied.
 
-At load time the base comes from its own PyPI package (see ``base_models``), so a registered version
+At load time the base comes from its own PyPI package (see ``lora_pipeline.models.bases``), so a registered version
 is ~1-2 MB whatever the base's size.
 """
 
