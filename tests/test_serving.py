@@ -181,6 +181,18 @@ def test_bad_requests_get_a_4xx_that_says_why(http, body, status, says):
     assert says in response.text
 
 
+def test_hostile_bodies_are_refused_without_echoing_them(http):
+    big = http.post("/predict", json={"domain": "amazon", "texts": ["x" * 1_100_000]})  # over api.max_body_bytes
+    assert big.status_code == 413 and len(big.content) < 200
+    long = http.post("/predict", json={"domain": "amazon", "texts": ["y" * 2001]})
+    assert long.status_code == 422 and "at most 2000 characters" in long.text
+    assert "y" * 50 not in long.text and len(long.content) < 2000  # names the field, does not copy the input
+    surrogate = http.post("/predict", content=b'{"domain": "amazon", "texts": ["\\ud800"]}',
+                          headers={"content-type": "application/json"})
+    assert surrogate.status_code == 422 and "texts" in surrogate.text
+    assert http.post("/predict", json={"domain": "amazon", "texts": ["still fine"]}).status_code == 200
+
+
 def test_few_shot_exists_only_on_a_generative_base(http):
     body = {"text": "fine", "examples": [{"text": "bad", "label": "negative"}, {"text": "good", "label": "positive"}]}
     assert http.post("/predict_fewshot", json=body).status_code == 404
@@ -200,6 +212,7 @@ def test_api_key_when_configured(cfg, service):
         assert client.get("/health").status_code == 200  # liveness probes need no key
         assert client.post("/predict", json=body).status_code == 401
         assert client.post("/predict", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/predict", json=body, headers={"X-API-Key": "ключ".encode()}).status_code == 401
         assert client.post("/predict", json=body, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/adapters").status_code == 401
 

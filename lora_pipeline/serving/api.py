@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
@@ -33,6 +34,7 @@ from lora_pipeline.serving.service import ChampionService, Prediction
 
 log = logging.getLogger("lora_pipeline.api")
 API_KEY_HEADER = "X-API-Key"
+MAX_REPORTED_ERRORS = 10  # a 422 names at most this many fields
 
 
 # --- dependencies: what a route needs, from the app's state ------------------------------------------
@@ -56,10 +58,46 @@ def key_check(limits: ApiConfig) -> tuple[list, dict]:
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The configured api.api_key.")
 
     def require_key(given: Annotated[str | None, Depends(header)]) -> None:
-        if not (given and secrets.compare_digest(given, expected)):
+        # As bytes: compare_digest refuses non-ASCII str, and a header may hold any byte.
+        if not (given and secrets.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))):
             raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header")
 
     return [Depends(require_key)], {401: {"model": Detail, "description": "API key missing or wrong"}}
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` is a 413, whether it declares its length or streams it; it is
+    never read whole (a 50 MB body would otherwise be parsed, validated and echoed back)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            response = JSONResponse(status_code=413, content={"detail": f"request body over {self.max_bytes} bytes"})
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # a streamed body: stop reading; FastAPI answers an HTTPException as is
+                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+def compact_validation_errors(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field at fault and what is wrong, without echoing the input back (FastAPI's default
+    handler copies it, once per member of a union body)."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()[:MAX_REPORTED_ERRORS]]
+    return JSONResponse(status_code=422, content={"detail": errors})
 
 
 # --- routers ----------------------------------------------------------------------------------------
@@ -140,6 +178,9 @@ def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> F
 
     app = FastAPI(title="lora-pipeline", version="1", lifespan=lifespan,
                   description="One base model in memory; every domain's champion LoRA adapter, per request.")
+
+    app.add_exception_handler(RequestValidationError, compact_validation_errors)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(UnknownDomainError)
     async def _unknown_domain(request: Request, exc: UnknownDomainError) -> JSONResponse:

@@ -6,7 +6,7 @@ the request models are built per app (:func:`request_models`) and the limits are
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from lora_pipeline.config import ApiConfig
 
@@ -79,11 +79,19 @@ class RequestModels:
     FewShotRequest: type
 
 
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
 def request_models(limits: ApiConfig) -> RequestModels:
     """Request bodies whose limits (texts per request, characters per text, labels) are this config's."""
-    Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars)]
-    Domain = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    Label = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars), AfterValidator(_valid_unicode)]
+    Domain = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_valid_unicode)]
+    Label = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_valid_unicode)]
 
     class DomainTexts(_Body):
         domain: Domain

@@ -111,7 +111,8 @@ class ChampionService:
                 try:
                     self._swap(domain, self._load(domain, name, version))
                 except Exception as exc:  # keep serving the previous version; say why in /adapters
-                    error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    # One line, without this machine's paths (it is shown by GET /adapters).
+                    error = f"{type(exc).__name__}: {exc}".splitlines()[0].replace(str(self._download_root), "<serving>")
                     self.failures = {**self.failures, domain: LoadFailure(name, version, error, _now())}
                     report.failed.append(f"{name} v{version}: {error}")
                     continue
