@@ -211,12 +211,12 @@ def prepare_data(
 
     split_parts, available, leaks = {}, {}, 0
     for domain in chosen:  # validate every domain before writing anything
-        labels = table.loc[table["domain"] == domain, "label"].nunique()
+        rows = table[table["domain"] == domain]
+        labels = rows["label"].nunique()
         if max_labels is not None and labels > max_labels:
             raise DataError(f"{source}: domain '{domain}' has {labels} labels, more than api.max_labels={max_labels} "
                             "(what one server can hold); merge labels with data.label_map or raise api.max_labels")
-        split_parts[domain], removed, available[domain] = split_domain(table[table["domain"] == domain], domain,
-                                                                       split_cfg, source)
+        split_parts[domain], removed, available[domain] = split_domain(rows, domain, split_cfg, source)
         leaks += removed
 
     domains = {}

@@ -30,12 +30,18 @@ class ChosenLength:
     p95_tokens: int
 
 
+def _split(ids: list, max_length: int) -> tuple[list, list]:
+    """(head, tail) of ``ids`` that together fill ``max_length``: its first quarter and last three quarters."""
+    head = max(1, int(max_length * HEAD_SHARE))
+    return ids[:head], ids[len(ids) - (max_length - head):]
+
+
 def head_tail(ids: list, max_length: int) -> list:
     """``ids`` cut to ``max_length``: its first quarter and its last three quarters (specials stay at the ends)."""
     if len(ids) <= max_length:
         return ids
-    head = max(1, int(max_length * HEAD_SHARE))
-    return ids[:head] + ids[len(ids) - (max_length - head):]
+    head, tail = _split(ids, max_length)
+    return head + tail
 
 
 def encode_head_tail(tokenizer, texts: list[str], max_length: int) -> list[dict[str, list[int]]]:
@@ -50,8 +56,8 @@ def truncate_text(tokenizer, text: str, max_tokens: int) -> str:
     ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
     if len(ids) <= max_tokens:
         return text
-    head = max(1, int(max_tokens * HEAD_SHARE))
-    return f"{tokenizer.decode(ids[:head])} ... {tokenizer.decode(ids[len(ids) - (max_tokens - head):])}"
+    head, tail = _split(ids, max_tokens)
+    return f"{tokenizer.decode(head)} ... {tokenizer.decode(tail)}"
 
 
 def choose_max_length(tokenizer, texts: list[str], coverage: float, cap: int) -> ChosenLength:
