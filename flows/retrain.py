@@ -14,6 +14,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from lora_pipeline.config import PipelineConfig, load_config
 from lora_pipeline.errors import DomainFailure
+from lora_pipeline.models.compute import describe
 from lora_pipeline.provenance import evaluation_inputs, training_inputs
 from lora_pipeline.reporting.report import findings, format_results_table, summary_rows
 from tasks.pipeline import (
@@ -75,6 +76,8 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
     # Submitted stage by stage so the pool's workers start every domain's training before any
     # evaluation task blocks a worker waiting on its upstream.
     training, evaluation = training_inputs(cfg), evaluation_inputs(cfg)  # what each stage reads of the config
+    print(f"compute: {describe(training.compute)} (runtime.device={cfg.runtime.device}, "
+          f"runtime.precision={cfg.runtime.precision})")
     trained = {d: train_adapter.submit(s, training, cfg.work_dir) for d, s in prepared.domains.items()}
     evaluated = {d: evaluate_adapter.submit(s, training, evaluation, trained[d]) for d, s in prepared.domains.items()}
     registered = {

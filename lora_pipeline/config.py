@@ -142,6 +142,9 @@ class TrainConfig(_Section):
     class_weights: Literal["auto", "balanced", "none"] = Field(
         "auto", description="Loss weights per class (encoder bases). 'balanced': inverse class frequency, so a rare "
         "class is still predicted; 'auto': balanced when the largest class has >= 1.5x the rows of the smallest.")
+    group_by_length: bool = Field(
+        True, description="Batch texts of similar token length together (HF's LengthGroupedSampler: shuffled groups), "
+        "so short texts are not padded to a long one's width.")
     seed: int = Field(42, ge=0, description="Seed for adapter init, dropout and data order.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per process; 0 = torch's default.")
 
@@ -198,6 +201,11 @@ class RuntimeConfig(_Section):
     retries: int = Field(2, ge=0, description="Retries of a task that failed with a transient error (store busy, I/O).")
     retry_delay_s: float = Field(5, ge=0, description="First retry delay; doubles on each retry (exponential backoff).")
     train_timeout_s: int = Field(3600, ge=0, description="A training task running longer fails as TimedOut; 0 = no limit.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where models train, evaluate and serve; 'auto' = cuda if torch sees a GPU, else cpu.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="'auto' = bf16 autocast where the device multiplies bf16 natively (CPU avx512_bf16/AMX, "
+        "CUDA bf16), else fp32. Weights and saved adapters stay fp32 either way. Stored on every registered version.")
     refresh_cache: bool = Field(
         False, description="Retrain and re-evaluate instead of reusing cached results, and register the result "
         "even if the same adapter (same data, config and code) is already registered."
@@ -292,6 +300,15 @@ class PipelineConfig(_Section):
         return sha256_json(chosen)
 
 
+class Compute(_Section):
+    """runtime.device and runtime.precision as resolved on the machine that runs them
+    (lora_pipeline.models.compute): part of what made an adapter and its evaluation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    device: Literal["cpu", "cuda"] = Field("cpu", description="The device models run on.")
+    precision: Literal["bf16", "fp32"] = Field("fp32", description="bf16 autocast, or plain fp32.")
+
+
 class TrainingInputs(_Section):
     """Everything training reads, and nothing else: an adapter's identity is the hash of this (plus its data
     and code), so a setting cannot change the weights without changing the cache key."""
@@ -302,6 +319,7 @@ class TrainingInputs(_Section):
     train: TrainConfig
     instruction: str | None = Field(
         None, description="The prompt's first line, for kinds that train on a prompt (causal LMs); null otherwise.")
+    compute: Compute = Field(default_factory=Compute, description="Device and precision training runs in.")
 
     def sha256(self) -> str:
         return sha256_json(self.model_dump(mode="json"))
@@ -316,6 +334,8 @@ class EvaluationInputs(_Section):
     generative: GenerativeConfig | None = Field(
         None, description="Prompted kinds: the baselines' prompt, few-shot k and scoring batch; null otherwise.")
     seed: int = Field(42, description="Seed of anything evaluation draws (the few-shot examples): split.seed.")
+    compute: Compute = Field(default_factory=Compute, description="Device and precision the adapter is scored and "
+                             "timed in (the run's: what it serves in).")
 
     def sha256(self) -> str:
         return sha256_json(self.model_dump(mode="json"))

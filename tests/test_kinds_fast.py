@@ -21,11 +21,15 @@ import pandas as pd
 import pytest
 import torch
 
-from lora_pipeline.config import DataConfig, LoraSettings, SplitConfig, load_config
+from safetensors.torch import load_file
+
+from lora_pipeline.config import Compute, DataConfig, LoraSettings, SplitConfig, load_config
 from lora_pipeline.data.prepare import prepare_data
 from lora_pipeline.models import KINDS, kind_of
 from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter, build_lora_model, load_adapter, save_adapter
+from lora_pipeline.errors import ConfigError
 from lora_pipeline.models.bases import BASE_MODELS, load_tokenizer
+from lora_pipeline.models.compute import choose_compute, cpu_bf16, model_device
 from lora_pipeline.models.prompting import IGNORE
 from lora_pipeline.provenance import training_inputs
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
@@ -94,9 +98,9 @@ def splits(tmp_path_factory):
     return prepare_data(root / "data.csv", DataConfig(path=str(root / "data.csv")), split_cfg, root / "prepared").domains
 
 
-def _inputs(base: str):
+def _inputs(base: str, precision: str = "fp32"):
     cfg = load_config(overrides=[f"base.name={base}", f"base.max_length={MAX_LENGTH}", "train.max_steps=3",
-                                 "train.batch_size=4", "train.learning_rate=0.01"],
+                                 "train.batch_size=4", "train.learning_rate=0.01", f"runtime.precision={precision}"],
                       values={"generative.instruction": INSTRUCTION}, env={})
     return training_inputs(cfg)
 
@@ -167,6 +171,9 @@ def test_trained_adapter_reloads_to_the_probabilities_of_the_trained_model(case,
                                             batch_size=2)  # other batches, other padding
     np.testing.assert_allclose(np.stack(direct), probs, atol=1e-5)
     assert loaded.predict(TEXTS) == [case.labels[i] for i in probs.argmax(axis=1)]
+    # Batches are sorted by length inside predict_proba: each row must still be its own text's answer.
+    one_by_one = np.concatenate([loaded.predict_proba([text]) for text in TEXTS])
+    np.testing.assert_allclose(one_by_one, probs, atol=1e-5)
 
 
 # --- 2. training changes only the adapter ---------------------------------------------------------
@@ -263,7 +270,74 @@ def test_pool_mixed_batches_equal_each_adapter_alone(kind_name, base, domains, t
     np.testing.assert_allclose(after[kept], mixed[kept], atol=1e-6)
 
 
-# --- 5. MicroBatcher ------------------------------------------------------------------------------
+# --- 5. precision and device -----------------------------------------------------------------------
+COMPUTE_CASES = [  # (requested device, precision, capabilities) -> chosen, or the error's words
+    ("auto", "auto", dict(cuda=False, cuda_bf16=False, cpu_bf16=True), ("cpu", "bf16")),
+    ("auto", "auto", dict(cuda=False, cuda_bf16=False, cpu_bf16=False), ("cpu", "fp32")),
+    ("auto", "auto", dict(cuda=True, cuda_bf16=True, cpu_bf16=False), ("cuda", "bf16")),
+    ("auto", "auto", dict(cuda=True, cuda_bf16=False, cpu_bf16=True), ("cuda", "fp32")),  # an old GPU
+    ("cpu", "auto", dict(cuda=True, cuda_bf16=True, cpu_bf16=True), ("cpu", "bf16")),
+    ("auto", "fp32", dict(cuda=True, cuda_bf16=True, cpu_bf16=True), ("cuda", "fp32")),
+    ("cuda", "auto", dict(cuda=False, cuda_bf16=False, cpu_bf16=True), "no CUDA device"),
+    ("cpu", "bf16", dict(cuda=False, cuda_bf16=False, cpu_bf16=False), "no native bf16"),
+]
+
+
+@pytest.mark.parametrize("device, precision, caps, expected", COMPUTE_CASES,
+                         ids=[f"{d}-{p}-{'-'.join(k for k, v in c.items() if v) or 'plain'}" for d, p, c, _ in COMPUTE_CASES])
+def test_choose_compute(device, precision, caps, expected):
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            choose_compute(device, precision, **caps)
+    else:
+        chosen = choose_compute(device, precision, **caps)
+        assert (chosen.device, chosen.precision) == expected
+
+
+def _devices_with_bf16() -> list:
+    """The devices of this machine with native bf16 (the CUDA case runs only on a GPU machine)."""
+    return [pytest.param("cpu", marks=pytest.mark.skipif(not cpu_bf16(), reason="this CPU has no native bf16")),
+            pytest.param("cuda", marks=pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+                                                          reason="no CUDA device with bf16"))]
+
+
+@pytest.mark.parametrize("device", _devices_with_bf16())
+@pytest.mark.parametrize("case", [CASES[1], CASES[2]], **by_id)
+def test_bf16_training_saves_fp32_weights_and_predicts_like_fp32(case, device, tiny_bases, splits, tmp_path):
+    inputs = _inputs(case.base, "bf16")
+    inputs = inputs.model_copy(update={"compute": Compute(device=device, precision="bf16")})
+    result = train_adapter(splits[case.domain], inputs, tmp_path)
+    assert (result.precision, result.device) == ("bf16", device)
+    weights = load_file(Path(result.adapter_dir) / "adapter_model.safetensors")
+    assert weights and {t.dtype for t in weights.values()} == {torch.float32}  # loads anywhere, in any precision
+
+    fp32 = load_adapter(result.adapter_dir).predict_proba(TEXTS)
+    bf16 = load_adapter(result.adapter_dir, compute=Compute(device=device, precision="bf16"))
+    assert model_device(bf16.model).type == device
+    probs = bf16.predict_proba(TEXTS)
+    _assert_probabilities(probs, len(TEXTS), case.labels)
+    assert np.abs(probs - fp32).max() < 0.05  # bf16 keeps ~3 significant digits: close, not equal
+    assert np.abs(probs - fp32).max() > 0  # and it did run in bf16
+
+
+@pytest.mark.parametrize("device", _devices_with_bf16())
+@pytest.mark.parametrize("kind_name, base, domains", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_bf16_pool_on_each_device_answers_as_each_adapter_alone(kind_name, base, domains, device, tiny_bases, tmp_path):
+    compute = Compute(device=device, precision="bf16")
+    pool = AdapterPool(base, LoraSettings(), max_labels=8, compute=compute)
+    dirs = {d: _random_adapter(tmp_path, base, d, seed) for seed, d in enumerate(domains, 1)}
+    for d, path in dirs.items():
+        pool.add(d, path)
+    assert {p.device.type for p in pool.model.parameters()} == {device}
+    requests = [PoolRequest(d, text) for text in TEXTS for d in domains]
+    mixed = pool.predict_proba(requests, batch_size=len(requests))
+    for d, path in dirs.items():
+        alone = load_adapter(path, compute=compute).predict_proba(TEXTS)
+        got = np.stack([p for r, p in zip(requests, mixed) if r.adapter == d])
+        np.testing.assert_allclose(got, alone, atol=0.02)  # bf16: other padding, other rounding
+
+
+# --- 6. MicroBatcher ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BatcherCase:
     id: str

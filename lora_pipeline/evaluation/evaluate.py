@@ -22,6 +22,7 @@ from lora_pipeline.config import EvaluationInputs
 from lora_pipeline.data.prepare import DomainSplits
 from lora_pipeline.evaluation.metrics import classification_metrics, plot_confusion_matrix
 from lora_pipeline.models.adapters import load_adapter
+from lora_pipeline.models.compute import autocast
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class DomainEvaluation:
     latency_p95_ms: float
     throughput_per_s: float
     artifacts_dir: str  # evaluation.json, predictions.jsonl, confusion_<model>.png
+    precision: str = "fp32"  # what the adapter and the base were scored and timed in (runtime.precision, resolved)
+    device: str = "cpu"
 
     def macro_f1(self, model: str) -> float:
         return self.metrics[model]["macro_f1"]
@@ -55,7 +58,7 @@ def evaluate_domain(splits: DomainSplits, adapter_dir: str | Path, inputs: Evalu
     test = splits.read("test")
     texts, truth, labels = test["text"].tolist(), test["label"].tolist(), splits.labels
 
-    adapter = load_adapter(adapter_dir, inputs.base.cache_dir)
+    adapter = load_adapter(adapter_dir, inputs.base.cache_dir, inputs.compute)
     batch_size = adapter.kind.prediction_batch_size(inputs)
     adapter.predict(texts[:1])  # warm-up: first call pays one-off allocation costs
     started = time.perf_counter()
@@ -68,11 +71,9 @@ def evaluate_domain(splits: DomainSplits, adapter_dir: str | Path, inputs: Evalu
         timings.append((time.perf_counter() - t0) * 1000)
 
     train = splits.read("train")
-    predictions = {
-        "adapter": adapter_pred,
-        **adapter.kind.baseline_predictions(adapter, texts, labels, train, inputs),
-        "tfidf": predict_tfidf(train, texts),
-    }
+    with autocast(inputs.compute):  # the base is scored in the adapter's precision
+        baselines = adapter.kind.baseline_predictions(adapter, texts, labels, train, inputs)
+    predictions = {"adapter": adapter_pred, **baselines, "tfidf": predict_tfidf(train, texts)}
     metrics = {name: classification_metrics(truth, pred, labels) for name, pred in predictions.items()}
 
     result = DomainEvaluation(
@@ -84,6 +85,8 @@ def evaluate_domain(splits: DomainSplits, adapter_dir: str | Path, inputs: Evalu
         latency_p95_ms=round(float(np.percentile(timings, 95)), 3),
         throughput_per_s=round(throughput, 2),
         artifacts_dir=str(out_dir),
+        precision=inputs.compute.precision,
+        device=inputs.compute.device,
     )
     (out_dir / "evaluation.json").write_text(json.dumps(asdict(result), indent=2))
     pd.DataFrame({"text": texts, "label": truth, **{f"{k}_pred": v for k, v in predictions.items()}}).to_json(

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from peft import PeftModel, get_peft_model
 
-from lora_pipeline.config import LoraSettings
+from lora_pipeline.config import Compute, LoraSettings
 from lora_pipeline.models import ModelKind, kind_named, kind_of
 from lora_pipeline.models.bases import get_spec, load_tokenizer
+from lora_pipeline.models.compute import autocast
 from lora_pipeline.models.encoder import EncoderClassifier
 from lora_pipeline.models.prompting import PromptFormat
 
@@ -82,13 +83,16 @@ class LoadedAdapter:
     meta: AdapterMeta
     model: torch.nn.Module  # a PeftModel (or, for the benchmarks' full fine-tune, the plain model)
     tokenizer: object
+    compute: Compute = Compute()  # the device the model is on, and whether it predicts under bf16 autocast
 
     @property
     def kind(self) -> ModelKind:
         return kind_named(self.meta.kind)
 
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        probs = self.kind.predict_proba(self.model, self.tokenizer, list(texts), [self.meta] * len(texts), batch_size)
+        with autocast(self.compute):
+            probs = self.kind.predict_proba(self.model, self.tokenizer, list(texts), [self.meta] * len(texts),
+                                            batch_size)
         return np.stack(probs) if probs else np.zeros((0, len(self.meta.labels)), dtype=np.float32)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
@@ -96,10 +100,12 @@ class LoadedAdapter:
         return [self.meta.labels[i] for i in probs.argmax(axis=1)]
 
 
-def load_adapter(adapter_dir: str | Path, cache_dir: str | None = None) -> LoadedAdapter:
-    """Base (from its package) + adapter weights (safetensors) in eval mode."""
+def load_adapter(adapter_dir: str | Path, cache_dir: str | None = None, compute: Compute | None = None) -> LoadedAdapter:
+    """Base (from its package) + adapter weights (safetensors) in eval mode, on ``compute``'s device
+    (default: fp32 on the CPU, which every machine has)."""
+    compute = compute or Compute()
     meta = AdapterMeta.load(adapter_dir)
     base = kind_named(meta.kind).load_base(get_spec(meta.base_model), meta.labels, cache_dir)
-    model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
+    model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True).to(compute.device)
     model.eval()
-    return LoadedAdapter(meta=meta, model=model, tokenizer=load_tokenizer(meta.base_model, cache_dir))
+    return LoadedAdapter(meta=meta, model=model, tokenizer=load_tokenizer(meta.base_model, cache_dir), compute=compute)

@@ -17,6 +17,7 @@ from peft import TaskType
 from transformers import AutoModel, AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from lora_pipeline.models.bases import LOAD_LOCK, base_model_path, load_tokenizer
+from lora_pipeline.models.compute import model_device
 from lora_pipeline.models.kind import ModelKind
 from lora_pipeline.models.text_length import encode_head_tail
 
@@ -40,14 +41,21 @@ class _EncodedTexts(torch.utils.data.Dataset):
         return {**self.features[i], "labels": self.labels[i]}
 
 
-def encode(tokenizer, texts: list[str], max_lengths: list[int]) -> dict[str, torch.Tensor]:
-    """Cut each text head+tail at its own adapter's max_length (as in training), then pad the batch."""
+def encode_each(tokenizer, texts: list[str], max_lengths: list[int]) -> list[dict]:
+    """Each text's token ids, cut head+tail at its own adapter's max_length (as in training); unpadded."""
     features: list[dict] = [{}] * len(texts)
     for max_length in set(max_lengths):
         rows = [i for i, m in enumerate(max_lengths) if m == max_length]
         for i, encoded in zip(rows, encode_head_tail(tokenizer, [texts[i] for i in rows], max_length)):
             features[i] = encoded
-    return tokenizer.pad(features, return_tensors="pt")
+    return features
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length (shortest first), so a batch pads to its own longest
+    row instead of the longest row of the whole request."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def describe_label(label: str, descriptions: dict[str, str], template: str) -> str:
@@ -71,15 +79,15 @@ def _classifier(spec, labels: list[str]) -> torch.nn.Module:
 @torch.inference_mode()
 def _embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
     """Mean-pooled, L2-normalised token embeddings: how all-MiniLM-L6-v2 makes sentence vectors."""
-    out = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        batch = encode(tokenizer, chunk, [max_length] * len(chunk))
-        hidden = encoder(**batch).last_hidden_state
+    features, device = encode_each(tokenizer, texts, [max_length] * len(texts)), model_device(encoder)
+    out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
+    for rows in length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
+        batch = tokenizer.pad([features[i] for i in rows], return_tensors="pt").to(device)
+        hidden = encoder(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out)
+        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+    return out
 
 
 class EncoderClassifier(ModelKind):
@@ -128,13 +136,14 @@ class EncoderClassifier(ModelKind):
     @torch.inference_mode()
     def predict_proba(self, model, tokenizer, texts, metas: list[AdapterMeta], batch_size, adapter_names=None):
         model.eval()
-        out: list[np.ndarray] = []
-        for start in range(0, len(texts), batch_size):
-            rows = slice(start, start + batch_size)
-            batch = encode(tokenizer, texts[rows], [m.max_length for m in metas[rows]])
-            routing = {"adapter_names": adapter_names[rows]} if adapter_names else {}
-            logits = model(**batch, **routing).logits.float()
-            out += [torch.softmax(row[: len(meta.labels)], dim=-1).numpy() for row, meta in zip(logits, metas[rows])]
+        features, device = encode_each(tokenizer, texts, [m.max_length for m in metas]), model_device(model)
+        out: list[np.ndarray] = [np.empty(0)] * len(texts)
+        for rows in length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
+            batch = tokenizer.pad([features[i] for i in rows], return_tensors="pt").to(device)
+            routing = {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names else {}
+            logits = model(**batch, **routing).logits.float().cpu()
+            for i, row in zip(rows, logits):
+                out[i] = torch.softmax(row[: len(metas[i].labels)], dim=-1).numpy()
         return out
 
     def prediction_batch_size(self, inputs: EvaluationInputs) -> int:
@@ -144,6 +153,7 @@ class EncoderClassifier(ModelKind):
         """Zero-shot: each text gets the label whose description embedding is most cosine-similar."""
         with LOAD_LOCK:
             encoder = AutoModel.from_pretrained(base_model_path(inputs.base.name), use_safetensors=True).eval()
+        encoder.to(model_device(adapter.model))
         tokenizer = load_tokenizer(inputs.base.name)
         descriptions = [describe_label(label, inputs.eval.label_descriptions, inputs.eval.label_template)
                         for label in labels]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lora_pipeline.models.compute import model_device
 from lora_pipeline.models.text_length import truncate_text
 
 IGNORE = -100  # label id the loss skips (prompt and padding tokens)
@@ -80,49 +81,50 @@ def score_labels(model, tokenizer, prompts: list[str], labels_per_prompt: list[l
     ``adapter_names`` (one per prompt) routes each row through its own adapter (peft mixed batches;
     "__base__" for none).
     """
-    out: list[np.ndarray] = []
-    for start in range(0, len(prompts), batch_size):
-        idx = range(start, min(start + batch_size, len(prompts)))
-        rows = []  # (prompt token ids, [answer token ids per label])
-        for i in idx:
-            ids = [tokenizer(PromptFormat.answer(label), add_special_tokens=False).input_ids
-                   for label in labels_per_prompt[i]]
-            rows.append((tokenizer(prompts[i]).input_ids, ids))
+    tokenized = [(tokenizer(prompt).input_ids,
+                  [tokenizer(PromptFormat.answer(label), add_special_tokens=False).input_ids for label in labels])
+                 for prompt, labels in zip(prompts, labels_per_prompt)]
+    # Prompts of similar length share a batch (less left padding); results go back in the callers' order.
+    order = sorted(range(len(prompts)), key=lambda i: len(tokenized[i][0]))
+    out: list[np.ndarray] = [np.empty(0)] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        rows = [tokenized[i] for i in idx]  # (prompt token ids, [answer token ids per label])
         seqs, owners = [], []
         if all(len(a) == 1 for _, ids in rows for a in ids):  # one row per prompt reads every label's token
             for r, (prompt_ids, ids) in enumerate(rows):
                 seqs.append(prompt_ids)
                 owners.append((r, [a[0] for a in ids]))
-            scores = _next_token_logprobs(model, tokenizer, seqs, owners, adapter_names, list(idx))
+            scores = _next_token_logprobs(model, tokenizer, seqs, owners, adapter_names, idx)
         else:  # one row per (prompt, label), all ending at the last position
             for r, (prompt_ids, ids) in enumerate(rows):
                 for a in ids:
                     seqs.append(prompt_ids + a)
                     owners.append((r, len(a)))
-            scores = _answer_logprobs(model, tokenizer, seqs, owners, adapter_names, list(idx))
+            scores = _answer_logprobs(model, tokenizer, seqs, owners, adapter_names, idx)
         k = 0
-        for _, ids in rows:
+        for i, (_, ids) in zip(idx, rows):
             n = len(ids)
-            out.append(torch.softmax(torch.tensor(scores[k : k + n]), dim=0).numpy())
+            out[i] = torch.softmax(torch.tensor(scores[k : k + n]), dim=0).numpy()
             k += n
     return out
 
 
-def _left_padded(tokenizer, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _left_padded(tokenizer, seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
-    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the positions
     return input_ids, attention, positions
 
 
 def _next_token_logprobs(model, tokenizer, seqs, owners, adapter_names, prompt_index) -> list[float]:
     """Single-token labels: log P(label token | prompt) for each label, one row per prompt."""
-    input_ids, attention, positions = _left_padded(tokenizer, seqs)
+    input_ids, attention, positions = _left_padded(tokenizer, seqs, model_device(model))
     kwargs = {"adapter_names": [adapter_names[prompt_index[r]] for r, _ in owners]} if adapter_names else {}
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1,
-                   **kwargs).logits.float()
+                   **kwargs).logits.float().cpu()
     logprobs = torch.log_softmax(logits[:, -1], dim=-1)
     return [logprobs[row, token].item() for row, (_, tokens) in enumerate(owners) for token in tokens]
 
@@ -130,11 +132,12 @@ def _next_token_logprobs(model, tokenizer, seqs, owners, adapter_names, prompt_i
 def _answer_logprobs(model, tokenizer, seqs, owners, adapter_names, prompt_index) -> list[float]:
     """Sum of log-probs of each sequence's last ``length`` tokens, seqs left-padded to one width."""
     keep = max(length for _, length in owners) + 1
-    input_ids, attention, positions = _left_padded(tokenizer, seqs)
+    input_ids, attention, positions = _left_padded(tokenizer, seqs, model_device(model))
     width = input_ids.shape[1]
     kwargs = {"adapter_names": [adapter_names[prompt_index[r]] for r, _ in owners]} if adapter_names else {}
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                   logits_to_keep=keep, **kwargs).logits.float()
+                   logits_to_keep=keep, **kwargs).logits.float().cpu()
+    input_ids = input_ids.cpu()
     logprobs = torch.log_softmax(logits, dim=-1)  # (rows, keep, vocab): position j predicts token j+1
     scores = []
     for row, (_, length) in enumerate(owners):

@@ -102,6 +102,8 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
         schema.CODE_VERSION: code_version(),
         schema.ADAPTER_KEY: identity,
         schema.SEED: str(cfg.train.seed),
+        schema.PRECISION: trained.precision,
+        schema.DEVICE: trained.device,
         schema.LABELS: ",".join(splits.labels),
     }
     run_id, model_uri = log_domain_run(cfg, parent_run_id, splits, trained, evaluation, provenance)

@@ -19,11 +19,12 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from peft.utils import ModulesToSaveWrapper, load_peft_weights, set_peft_model_state_dict
 
-from lora_pipeline.config import LoraSettings
+from lora_pipeline.config import Compute, LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 from lora_pipeline.models import kind_of
 from lora_pipeline.models.adapters import AdapterMeta, lora_settings_for
 from lora_pipeline.models.bases import get_spec, load_tokenizer
+from lora_pipeline.models.compute import autocast
 from lora_pipeline.models.encoder import HEAD_NAMES
 
 # The pool's own adapter: always present and active, so removing a served adapter never leaves peft
@@ -40,15 +41,17 @@ class PoolRequest:
 
 
 class AdapterPool:
-    def __init__(self, base_model: str, lora: LoraSettings, max_labels: int = 16, cache_dir: str | None = None):
+    def __init__(self, base_model: str, lora: LoraSettings, max_labels: int = 16, cache_dir: str | None = None,
+                 compute: Compute | None = None):
         self.base_model = base_model
+        self.compute = compute or Compute()  # device of the base (adapters join it there) and predict precision
         self.max_labels = max_labels
         self.kind = kind_of(base_model)
         lora = lora_settings_for(base_model, lora)  # null target/saved modules -> the base's defaults
         # Fully-trained modules besides the head; every adapter must train the same ones (see add()).
         self.modules_to_save = sorted(set(lora.modules_to_save) - set(HEAD_NAMES))
         self.tokenizer = load_tokenizer(base_model, cache_dir)
-        base = self.kind.pool_base(get_spec(base_model), max_labels, cache_dir)
+        base = self.kind.pool_base(get_spec(base_model), max_labels, cache_dir).to(self.compute.device)
         self.model: PeftModel = get_peft_model(base, self.kind.lora_config(lora, r=1), adapter_name=IDLE).eval()
         for module_name, module in self.model.named_modules():
             if isinstance(module, ModulesToSaveWrapper) and not isinstance(module.original_module, _MIXABLE):
@@ -108,7 +111,7 @@ class AdapterPool:
 
     def predict_proba(self, requests: list[PoolRequest], batch_size: int = 32) -> list[np.ndarray]:
         """Per request, the probabilities over its adapter's labels; rows of any adapters share each forward."""
-        with self.lock:  # adapters can neither vanish nor appear during the forward pass
+        with self.lock, autocast(self.compute):  # adapters can neither vanish nor appear during the forward pass
             metas = [self._meta_for(r.adapter) for r in requests]
             return self.kind.predict_proba(self.model, self.tokenizer, [r.text for r in requests], metas,
                                            batch_size, adapter_names=[r.adapter for r in requests])
@@ -118,7 +121,7 @@ class AdapterPool:
         """No adapter, no training: the bare base with labelled examples in the prompt (kinds that offer it)."""
         if not self.kind.few_shot_api:
             raise ConfigError(f"few-shot prompting needs a generative base; this server's base is {self.base_model}")
-        with self.lock:
+        with self.lock, autocast(self.compute):
             return self.kind.few_shot_proba(self.model, self.tokenizer, text, examples, labels, instruction,
                                             max_text_tokens)
 

@@ -106,7 +106,8 @@ def health_router(base_model: str) -> APIRouter:
 
     @router.get("/health")
     async def health(service: Service, batcher: Batcher) -> HealthResponse:
-        return HealthResponse(status="ok", base_model=base_model, domains=len(service.served), batches=batcher.stats)
+        return HealthResponse(status="ok", base_model=base_model, domains=len(service.served), batches=batcher.stats,
+                              precision=service.compute.precision, device=service.compute.device)
 
     return router
 

@@ -54,6 +54,8 @@ class HealthResponse(BaseModel):
     base_model: str
     domains: int = Field(description="Domains with a loaded champion.")
     batches: dict[str, int] = Field(description="Forward passes run, texts in them, the largest (requests share them).")
+    precision: str = Field(description="'bf16' (autocast, fp32 weights) or 'fp32': runtime.precision as resolved here.")
+    device: str = Field(description="'cpu' or 'cuda'.")
 
 
 class ReloadResponse(BaseModel):

@@ -77,7 +77,8 @@ class ChampionService:
     def __init__(self, cfg: PipelineConfig, client: MlflowClient | None = None):
         self.cfg = cfg
         self.client = client or MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-        self.pool = AdapterPool(cfg.base.name, cfg.lora, cfg.api.max_labels, cfg.base.cache_dir)
+        self.compute = resolve_compute(cfg.runtime.device, cfg.runtime.precision)  # as the pipeline resolves it
+        self.pool = AdapterPool(cfg.base.name, cfg.lora, cfg.api.max_labels, cfg.base.cache_dir, self.compute)
         # Replaced whole on every change (never mutated), so readers can take a consistent snapshot.
         self.served: dict[str, ServedAdapter] = {}
         self.failures: dict[str, LoadFailure] = {}

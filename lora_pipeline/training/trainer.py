@@ -56,6 +56,8 @@ class TrainedAdapter:
     max_length: int = 0  # tokens of a text the adapter sees (chosen from the data for base.max_length: auto)
     truncated_share: float = 0.0  # share of its train texts longer than that (cut head+tail)
     class_weights: list[float] | None = None  # loss weight per label (None: unweighted)
+    precision: str = "fp32"  # "bf16" (autocast; the weights stay fp32) or "fp32": runtime.precision as resolved
+    device: str = "cpu"
     epochs_run: float = 0.0  # early stopping may end training before train.epochs
     train_rows: int = 0  # rows trained on, of
     train_rows_available: int = 0  # the rows the domain's train split had before split.max_train_rows
@@ -94,7 +96,7 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
          learning_rate: float, tokenizer, max_length: int, class_weights: list[float] | None):
     """Train ``model`` on the domain's train split with the HF Trainer, evaluating on val once per epoch,
     stopping early when it stops improving, and keeping the best checkpoint. Returns (trainer, seconds)."""
-    train = inputs.train
+    train, compute = inputs.train, inputs.compute
     train_ds, val_ds, collator = kind.training_data(tokenizer, splits, max_length, inputs.instruction)
     total_steps, eval_every = _schedule(len(train_ds), train)
     args = TrainingArguments(
@@ -117,7 +119,12 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
         logging_steps=max(1, eval_every // 4),
         seed=train.seed,
         data_seed=train.seed,
-        use_cpu=True,
+        # Mixed precision through the Trainer's own switch (accelerate's bf16 autocast, on CPU too): the
+        # weights, the optimizer state and the saved adapter stay fp32.
+        bf16=compute.precision == "bf16",
+        use_cpu=compute.device == "cpu",
+        dataloader_pin_memory=compute.device == "cuda",  # faster host-to-GPU copies; nothing to pin for a CPU
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the kind's examples hold exactly what the model takes
@@ -172,7 +179,7 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
                        max_length=length.max_length, kind=kind.name, instruction=inputs.instruction or "")
     save_adapter(trainer.model, meta, adapter_dir)
     trainer.model.eval()
-    loaded = LoadedAdapter(meta=meta, model=trainer.model, tokenizer=tokenizer)
+    loaded = LoadedAdapter(meta=meta, model=trainer.model, tokenizer=tokenizer, compute=inputs.compute)
     return TrainedAdapter(
         domain=splits.domain,
         adapter_dir=str(adapter_dir),
@@ -190,6 +197,8 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         epochs_run=round(float(trainer.state.epoch or 0), 2),
         train_rows=splits.counts["train"],
         train_rows_available=splits.available.get("train", splits.counts["train"]),
+        precision=inputs.compute.precision,
+        device=inputs.compute.device,
     )
 
 
@@ -221,6 +230,7 @@ def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: s
                                 length.max_length, class_weights_for(splits, inputs.train))
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
                        max_length=length.max_length, kind=kind.name)
-    return FullFineTune(model=LoadedAdapter(meta=meta, model=trainer.model.eval(), tokenizer=tokenizer),
+    return FullFineTune(model=LoadedAdapter(meta=meta, model=trainer.model.eval(), tokenizer=tokenizer,
+                                            compute=inputs.compute),
                         train_seconds=round(seconds, 3), steps=trainer.state.global_step,
                         trainable_params=trainable, best_val_macro_f1=float(trainer.state.best_metric))

@@ -1,0 +1,65 @@
+"""Where models run and in what precision: ``runtime.device`` / ``runtime.precision`` resolved once per run.
+
+``auto`` means: CUDA when a GPU is visible, else the CPU; bf16 autocast when that device multiplies bf16
+natively (a GPU with bf16, a CPU with avx512_bf16 or AMX), else fp32. Under bf16 the weights stay fp32
+(autocast runs the matrix products in bf16), so a saved adapter is fp32 and loads anywhere. On this
+project's CPU a MiniLM training step under bf16 autocast took 0.35x the fp32 time (STACK.md); quality
+under both is measured by ``make bench``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+from lora_pipeline.config import Compute
+from lora_pipeline.errors import ConfigError
+
+
+def cpu_bf16() -> bool:
+    """The CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def capabilities() -> dict[str, bool]:
+    cuda = torch.cuda.is_available()
+    return {"cuda": cuda, "cuda_bf16": cuda and torch.cuda.is_bf16_supported(), "cpu_bf16": cpu_bf16()}
+
+
+def choose_compute(device: str, precision: str, *, cuda: bool, cuda_bf16: bool, cpu_bf16: bool) -> Compute:
+    """The device and precision for the requested ones on a machine with these capabilities."""
+    chosen = ("cuda" if cuda else "cpu") if device == "auto" else device
+    if chosen == "cuda" and not cuda:
+        raise ConfigError("runtime.device=cuda: no CUDA device is visible to torch")
+    native = cuda_bf16 if chosen == "cuda" else cpu_bf16
+    if precision == "bf16" and not native:
+        raise ConfigError(f"runtime.precision=bf16: this {chosen} has no native bf16 (use auto or fp32)")
+    return Compute(device=chosen, precision=("bf16" if native else "fp32") if precision == "auto" else precision)
+
+
+@functools.cache
+def resolve_compute(device: str = "auto", precision: str = "auto") -> Compute:
+    """:func:`choose_compute` on this machine (decided once per process for the same request)."""
+    return choose_compute(device, precision, **capabilities())
+
+
+def autocast(compute: Compute) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the compute's device, or nothing under fp32."""
+    if compute.precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(compute.device, dtype=torch.bfloat16)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def describe(compute: Compute) -> str:
+    """'bf16 autocast on cpu' / 'fp32 on cuda (NVIDIA H100 ...)': what runs and logs say."""
+    where = compute.device
+    if compute.device == "cuda" and torch.cuda.is_available():
+        where += f" ({torch.cuda.get_device_name()})"
+    return f"{'bf16 autocast' if compute.precision == 'bf16' else 'fp32'} on {where}"
