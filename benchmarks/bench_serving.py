@@ -108,18 +108,20 @@ def switching_batch(service):
     """One batch: group rows by domain, switch the active adapter, one forward per group (encoder bases)."""
     import torch
 
-    from lora_pipeline.models.encoder import encode
+    from lora_pipeline.models.compute import autocast, model_device
+    from lora_pipeline.models.encoder import encode_each
 
     def run(items):
         pool, served = service.pool, service.served
         labels = [None] * len(items)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(pool.compute):
                 for domain in sorted({d for d, _ in items}):
                     rows = [(i, text) for i, (d, text) in enumerate(items) if d == domain]
                     adapter = served[domain]
                     pool.model.set_adapter(adapter.slot)
-                    batch = encode(pool.tokenizer, [t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
+                    features = encode_each(pool.tokenizer, [t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
+                    batch = pool.tokenizer.pad(features, return_tensors="pt").to(model_device(pool.model))
                     logits = pool.model(**batch).logits[:, : len(adapter.labels)]
                     for (i, _), k in zip(rows, logits.argmax(-1).tolist()):
                         labels[i] = adapter.labels[k]
@@ -130,14 +132,16 @@ def switching_batch(service):
     return run
 
 
-def merged_batch(model, tokenizer, max_length):
+def merged_batch(model, tokenizer, max_length, compute):
     import torch
 
-    from lora_pipeline.models.encoder import encode
+    from lora_pipeline.models.compute import autocast, model_device
+    from lora_pipeline.models.encoder import encode_each
 
     def run(items):
-        with torch.inference_mode():
-            batch = encode(tokenizer, [text for _, text in items], [max_length] * len(items))  # as the pool cuts
+        with torch.inference_mode(), autocast(compute):
+            features = encode_each(tokenizer, [text for _, text in items], [max_length] * len(items))  # as the pool cuts
+            batch = tokenizer.pad(features, return_tensors="pt").to(model_device(model))
             return model(**batch).logits.argmax(-1).tolist()
 
     return run
@@ -158,7 +162,8 @@ def latency_http(cfg: PipelineConfig, items, samples: int) -> dict[str, float]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    overrides = [f"runtime.project_dir={cfg.project_dir}", "api.poll_interval_s=0", f"api.port={port}"]
+    overrides = [f"runtime.project_dir={cfg.project_dir}", "api.poll_interval_s=0", f"api.port={port}",
+                 f"runtime.device={cfg.runtime.device}", f"runtime.precision={cfg.runtime.precision}"]
     server = subprocess.Popen([sys.executable, "-m", "lora_pipeline.cli", "serve",
                                *[x for o in overrides for x in ("--set", o)]],
                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -209,10 +214,10 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
           flush=True)
 
     first = service.served[domains[0]]
-    merged = load_adapter(service.fetch_adapter(first.model_name, first.version))
+    merged = load_adapter(service.fetch_adapter(first.model_name, first.version), compute=service.compute)
     merged_model = merged.model.merge_and_unload().eval()
     modes = {"mixed": mixed_batch(service), "switching": switching_batch(service),
-             "merged": merged_batch(merged_model, merged.tokenizer, merged.meta.max_length)}
+             "merged": merged_batch(merged_model, merged.tokenizer, merged.meta.max_length, service.compute)}
     batch_stats = {}
 
     def timed(name):
@@ -233,6 +238,7 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
     return {
         "setup": {"base_model": cfg.base.name, "domains": domains, "texts": n, "batch_size": bs,
                   "batch_wait_ms": wait, "repeats": repeats, "max_length": cfg.base.max_length,
+                  "precision": service.compute.precision, "device": service.compute.device,
                   "project": str(cfg.project_dir), "merged_domain": domains[0],
                   "torch_threads": torch.get_num_threads()},
         "throughput_texts_per_s": {

@@ -9,8 +9,8 @@
   it counts the matrix products (matmul/addmm/bmm/attention: 2*M*N*K each) that actually ran, so the
   LoRA step counts its frozen-weight forward and the activation gradients, but no frozen-weight
   gradients. Element-wise work (softmax, layer norm, GELU) and the optimizer are not counted.
-- ``matmul_flops_per_s``: what this machine's fp32 matrix multiply reaches (torch.mm of two square
-  matrices), the denominator of "achieved / attainable".
+- ``matmul_flops_per_s``: what this machine's matrix multiply reaches in fp32 and in bf16 (torch.mm of two
+  square matrices), the denominator of "achieved / attainable" for training in that precision.
 
     python -m benchmarks.bench_training step --method lora --config-json cfg.json --splits-json splits.json ...
 """
@@ -58,13 +58,14 @@ def full_finetune_quality(cfg: PipelineConfig, prepared, learning_rates: list[fl
     return out
 
 
-def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Median fp32 FLOP/s of an n x n by n x n matrix product (2*n^3 FLOPs) on the default device."""
+def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype: str = "fp32", device: str = "cpu") -> dict[str, float]:
+    """Median FLOP/s of an n x n by n x n matrix product (2*n^3 FLOPs) in ``dtype`` on ``device``: the
+    attainable peak that training in that precision is measured against."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    c = torch.empty(n, n, device=device)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = (torch.randn(n, n, device=device, dtype=torch_dtype) for _ in range(2))
+    c = torch.empty(n, n, device=device, dtype=torch_dtype)
     for _ in range(3):
         torch.mm(a, b, out=c)
     seconds = []
@@ -74,7 +75,7 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 10) -> dict[str, float]:
         torch.mm(a, b, out=c)
         _sync(device)
         seconds.append(time.perf_counter() - t0)
-    return {"matrix_size": n, "flops_per_s": 2 * n**3 / statistics.median(seconds), "device": device,
+    return {"matrix_size": n, "dtype": dtype, "flops_per_s": 2 * n**3 / statistics.median(seconds), "device": device,
             "torch_threads": torch.get_num_threads()}
 
 
@@ -114,11 +115,13 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     from lora_pipeline.models import kind_of
     from lora_pipeline.models.adapters import build_lora_model, count_parameters
     from lora_pipeline.models.bases import get_spec, load_tokenizer
+    from lora_pipeline.models.compute import autocast, resolve_compute
     from lora_pipeline.training.trainer import resolve_max_length
 
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    compute = resolve_compute(cfg.runtime.device, cfg.runtime.precision)  # as training resolves it
+    device = compute.device
     train = splits.read("train").head(cfg.train.batch_size)
     label_ids = {label: i for i, label in enumerate(splits.labels)}
     tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
@@ -139,7 +142,9 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
                                   weight_decay=cfg.train.weight_decay)
 
     def step() -> None:
-        model(**batch).loss.backward()
+        with autocast(compute):  # what the Trainer's bf16 switch does: the forward autocast, fp32 weights
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -160,11 +165,13 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     peak_rss = _status_bytes("VmHWM")
 
     with FlopCounterMode(display=False) as counter:  # forward + backward of one step, after the timing
-        model(**batch).loss.backward()
+        with autocast(compute):
+            loss = model(**batch).loss
+        loss.backward()
     flops = counter.get_total_flops()
     memory = ({"peak_gpu_allocated_bytes": torch.cuda.max_memory_allocated()} if device == "cuda" else {})
     return {
-        "method": method, "device": device, "torch_threads": torch.get_num_threads(),
+        "method": method, "device": device, "precision": compute.precision, "torch_threads": torch.get_num_threads(),
         "batch_size": int(batch["input_ids"].shape[0]), "sequence_length": int(batch["input_ids"].shape[1]),
         "trainable_params": trainable, "total_params": total,
         "step_seconds_median": round(step_s, 5), "step_seconds": [round(s, 5) for s in seconds],

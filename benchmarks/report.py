@@ -13,9 +13,17 @@ MB = 1024 * 1024
 def ratios(r: dict) -> dict[str, float]:
     """Every headline ratio, each from two measurements of the same run (both are in latest.json)."""
     lora, full = r["train_step"]["lora"], r["train_step"]["full"]
-    attainable = r["matmul"]["flops_per_s"]
+    chosen, fp32 = r["by_precision"][r["chosen_precision"]], r["by_precision"]["fp32"]
+    attainable = r["matmul"][r["chosen_precision"]]["flops_per_s"]
     pipeline = r["pipeline"]
+    f1_change = [abs(chosen["quality"][d]["adapter"]["macro_f1"] - fp32["quality"][d]["adapter"]["macro_f1"])
+                 for d in chosen["quality"]]
     return {
+        "chosen_precision_pipeline_wall_over_fp32_pipeline_wall": round(
+            pipeline["first_run"]["wall_s"] / fp32["pipeline"]["first_run"]["wall_s"], 3),
+        "largest_adapter_macro_f1_change_chosen_precision_vs_fp32": round(max(f1_change), 4),
+        "chosen_precision_lora_step_time_over_fp32_lora_step_time": round(
+            lora["step_seconds_median"] / fp32["train_step"]["lora"]["step_seconds_median"], 3),
         "adapter_bytes_over_base_bytes": round(max(r["size"]["adapter_bytes"].values()) / r["size"]["base_bytes"], 5),
         "lora_step_time_over_full_step_time": round(lora["step_seconds_median"] / full["step_seconds_median"], 3),
         "lora_peak_rss_over_full_peak_rss": round(lora["peak_rss_bytes"] / full["peak_rss_bytes"], 3),
@@ -36,7 +44,8 @@ def _f(x: float, digits: int = 3) -> str:
 def report_blocks(r: dict, chart: Path) -> list[tuple]:
     m, cfg, lora, full = r["machine"], r["config"], r["train_step"]["lora"], r["train_step"]["full"]
     ratio, pipe, serving = r["ratios"], r["pipeline"], r["serving"]
-    attainable = r["matmul"]["flops_per_s"]
+    chosen = r["chosen_precision"]
+    attainable = r["matmul"][chosen]["flops_per_s"]
     rows = cfg["rows_per_domain"]
     some = next(iter(rows.values()))
     blocks = [
@@ -48,8 +57,20 @@ def report_blocks(r: dict, chart: Path) -> list[tuple]:
               f"{some['test']} test rows, {cfg['epochs']} epochs (max_steps {cfg['max_steps']}), batch {cfg['batch_size']}; "
               f"LoRA r={cfg['lora']['r']} lr {cfg['lora']['learning_rate']}; full fine-tune: the best on validation "
               f"macro-F1 of lr {', '.join(map(str, cfg['full_finetune_learning_rates']))}, per domain. Config overrides: {', '.join(cfg['overrides']) or 'none'}."),
+        ("p", f"Precision: every figure below is in **{chosen}** on {r['device']} (runtime.precision: auto on this "
+              f"machine) unless it says otherwise; the fp32 comparison is measured in the same run (section "
+              f"'Precision')."),
         ("h2", "Headline ratios"),
         ("table", [
+            {"ratio": f"pipeline wall time, {chosen} / fp32",
+             "value": _f(ratio["chosen_precision_pipeline_wall_over_fp32_pipeline_wall"]),
+             "from": f"{pipe['first_run']['wall_s']:.1f} s / {r['by_precision']['fp32']['pipeline']['first_run']['wall_s']:.1f} s"},
+            {"ratio": f"largest change of a domain's adapter macro-F1, {chosen} vs fp32",
+             "value": _f(ratio["largest_adapter_macro_f1_change_chosen_precision_vs_fp32"], 4), "from": "per domain below"},
+            {"ratio": f"LoRA step time, {chosen} / fp32 (same batch)",
+             "value": _f(ratio["chosen_precision_lora_step_time_over_fp32_lora_step_time"]),
+             "from": f"{lora['step_seconds_median'] * 1000:.0f} ms / "
+                     f"{r['by_precision']['fp32']['train_step']['lora']['step_seconds_median'] * 1000:.0f} ms"},
             {"ratio": "adapter bytes / base bytes", "value": _f(ratio["adapter_bytes_over_base_bytes"], 4),
              "from": f"{max(r['size']['adapter_bytes'].values()) / 1024:.0f} KB / {r['size']['base_bytes'] / MB:.1f} MB"},
             {"ratio": "LoRA step time / full fine-tune step time (same batch)",
@@ -62,10 +83,10 @@ def report_blocks(r: dict, chart: Path) -> list[tuple]:
             {"ratio": "LoRA memory added by training / full fine-tune's (peak RSS - RSS before the first step)",
              "value": _f(ratio["lora_training_memory_over_full_training_memory"]),
              "from": f"{lora['training_memory_bytes'] / MB:.0f} MB / {full['training_memory_bytes'] / MB:.0f} MB"},
-            {"ratio": "LoRA achieved training FLOP/s / measured fp32 matmul FLOP/s",
+            {"ratio": f"LoRA achieved training FLOP/s / measured {chosen} matmul FLOP/s",
              "value": _f(ratio["lora_achieved_flops_over_matmul_flops"]),
              "from": f"{lora['achieved_flops_per_s'] / 1e9:.1f} / {attainable / 1e9:.1f} GFLOP/s"},
-            {"ratio": "full fine-tune achieved training FLOP/s / measured fp32 matmul FLOP/s",
+            {"ratio": f"full fine-tune achieved training FLOP/s / measured {chosen} matmul FLOP/s",
              "value": _f(ratio["full_achieved_flops_over_matmul_flops"]),
              "from": f"{full['achieved_flops_per_s'] / 1e9:.1f} / {attainable / 1e9:.1f} GFLOP/s"},
             {"ratio": "mixed-domain batch throughput / single merged model throughput",
@@ -98,8 +119,9 @@ def report_blocks(r: dict, chart: Path) -> list[tuple]:
                     "added by training MB": f"{s['training_memory_bytes'] / MB:.0f}",
                     "grads + AdamW state MB": f"{s['grads_and_optimizer_state_bytes'] / MB:.1f}"}
                    for name, s in (("LoRA", lora), ("full fine-tune", full))]),
-        ("p", f"FLOPs: {r['flops_counting']} Measured fp32 matmul: {attainable / 1e9:.1f} GFLOP/s "
-              f"(n = {r['matmul']['matrix_size']}). Step timings use domain `{r['train_step']['step_domain']}`."),
+        ("p", f"FLOPs: {r['flops_counting']} Measured matmul: "
+              + ", ".join(f"{p} {m['flops_per_s'] / 1e9:.1f} GFLOP/s" for p, m in r["matmul"].items())
+              + f" (n = {r['matmul'][chosen]['matrix_size']}). Step timings use domain `{r['train_step']['step_domain']}`."),
         ("table", [{"domain": d, "full fine-tune lr (chosen)": v["learning_rate"],
                     "val macro-F1 per lr tried": ", ".join(f"{lr}: {t['best_val_macro_f1']:.3f}"
                                                            for lr, t in v["learning_rates_tried"].items()),
@@ -112,6 +134,12 @@ def report_blocks(r: dict, chart: Path) -> list[tuple]:
               f"Batch-1 latency p50/p95: {serving['latency_batch1']['pool']['p50_ms']}/{serving['latency_batch1']['pool']['p95_ms']} ms "
               f"in process, {serving['latency_batch1']['http']['p50_ms']}/{serving['latency_batch1']['http']['p95_ms']} ms over HTTP. "
               f"Mixed and switching gave the same labels: {serving['mixed_and_switching_agree']}."),
+        ("h2", "Precision: fp32 against " + chosen + " (same run)"),
+        ("table", [{"figure": name, **{p: fmt(v) for p, v in r["by_precision"].items()}}
+                   for name, fmt in _precision_rows(r)]),
+        ("p", "Each precision ran the pipeline in its own fresh project on the same splits; quality is the "
+              "adapter's test macro-F1 read back from MLflow. GFLOP/s share = achieved LoRA training FLOP/s / the "
+              "measured matmul FLOP/s of that precision."),
         ("h2", "Pipeline wall time"),
         ("table", [{"run": name, "wall s": _f(v["wall_s"], 1), "ML work s": _f(v["ml_work_s"], 1),
                     "overhead s": _f(v["overhead_s"], 1), "tracking tasks s": _f(v["tracking_task_s"], 1),
@@ -124,6 +152,25 @@ def report_blocks(r: dict, chart: Path) -> list[tuple]:
               "the imports and after Prefect's temporary server started."),
     ]
     return blocks
+
+
+def _precision_rows(r: dict) -> list[tuple]:
+    """(figure, how to read it from one precision's measurements) for the fp32-vs-chosen table."""
+    peak = {p: m["flops_per_s"] for p, m in r["matmul"].items()}
+    rows = [
+        ("pipeline wall s (first run)", lambda v: _f(v["pipeline"]["first_run"]["wall_s"], 1)),
+        ("LoRA step ms", lambda v: f"{v['train_step']['lora']['step_seconds_median'] * 1000:.0f}"),
+        ("full fine-tune step ms", lambda v: f"{v['train_step']['full']['step_seconds_median'] * 1000:.0f}"),
+        ("LoRA GFLOP/s (share of its matmul peak)",
+         lambda v: f"{v['train_step']['lora']['achieved_flops_per_s'] / 1e9:.1f} "
+                   f"({v['train_step']['lora']['achieved_flops_per_s'] / peak[v['train_step']['lora']['precision']]:.2f})"),
+        ("serving mixed / merged texts/s", lambda v: f"{v['serving']['throughput_texts_per_s']['mixed_adapters_one_forward']} / "
+                                                     f"{v['serving']['throughput_texts_per_s']['single_merged_model']}"),
+        ("HTTP batch-1 p50 ms", lambda v: f"{v['serving']['latency_batch1']['http']['p50_ms']}"),
+    ]
+    for domain in r["quality"]:
+        rows.append((f"{domain} adapter macro-F1", lambda v, d=domain: _f(v["quality"][d]["adapter"]["macro_f1"])))
+    return rows
 
 
 def write_report(result: dict, out_dir: Path) -> Path:

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from lora_pipeline.models.compute import cpu_bf16
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -50,8 +51,10 @@ def test_every_figure_is_measured_and_every_ratio_is_its_quotient(bench):
     assert 0 < ratio["adapter_bytes_over_base_bytes"] < 0.05  # an adapter, not a copy of the base
     assert ratio["lora_step_time_over_full_step_time"] == round(lora["step_seconds_median"] / full["step_seconds_median"], 3)
     assert ratio["lora_peak_rss_over_full_peak_rss"] == round(lora["peak_rss_bytes"] / full["peak_rss_bytes"], 3)
+    chosen = r["chosen_precision"]
     assert ratio["lora_achieved_flops_over_matmul_flops"] == round(
-        lora["achieved_flops_per_s"] / r["matmul"]["flops_per_s"], 3)
+        lora["achieved_flops_per_s"] / r["matmul"][chosen]["flops_per_s"], 3)  # against the peak of its own dtype
+    assert lora["precision"] == full["precision"] == r["matmul"][chosen]["dtype"] == chosen
     assert ratio["mixed_batch_throughput_over_merged_throughput"] == serving["ratios"]["mixed_over_merged"]
     assert ratio["cached_rerun_wall_over_first_run_wall"] == round(
         pipeline["cached_rerun"]["wall_s"] / pipeline["first_run"]["wall_s"], 4)
@@ -59,6 +62,17 @@ def test_every_figure_is_measured_and_every_ratio_is_its_quotient(bench):
         pipeline["first_run"]["overhead_s"] / pipeline["first_run"]["wall_s"], 4)
     assert ratio["full_pipeline_wall_s"] == pipeline["first_run"]["wall_s"] > 0
 
+    # fp32 and the chosen precision (bf16 where the CPU has it) were each measured in full, in one run.
+    expected = ["fp32", "bf16"] if cpu_bf16() else ["fp32"]
+    assert list(r["by_precision"]) == expected and chosen == expected[-1] and set(r["matmul"]) == set(expected)
+    fp32 = r["by_precision"]["fp32"]
+    assert fp32["train_step"]["lora"]["precision"] == "fp32" and fp32["serving"]["setup"]["precision"] == "fp32"
+    assert r["by_precision"][chosen]["serving"]["setup"]["precision"] == chosen
+    assert ratio["chosen_precision_pipeline_wall_over_fp32_pipeline_wall"] == round(
+        pipeline["first_run"]["wall_s"] / fp32["pipeline"]["first_run"]["wall_s"], 3)
+    assert ratio["largest_adapter_macro_f1_change_chosen_precision_vs_fp32"] == round(max(
+        abs(r["quality"][d]["adapter"]["macro_f1"] - fp32["quality"][d]["adapter"]["macro_f1"]) for d in DOMAINS), 4)
+    assert set(fp32["quality"]) == set(DOMAINS)
     # The full fine-tune's learning rate was picked on validation, among those asked for.
     for full_ft in r["full_finetune"].values():
         tried = full_ft["learning_rates_tried"]

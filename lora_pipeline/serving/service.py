@@ -25,6 +25,7 @@ from mlflow.models import Model
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
 from lora_pipeline.models.bases import get_spec
+from lora_pipeline.models.compute import resolve_compute
 from lora_pipeline.registry import schema
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
