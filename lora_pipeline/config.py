@@ -204,8 +204,9 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where models train, evaluate and serve; 'auto' = cuda if torch sees a GPU, else cpu.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="'auto' = bf16 autocast where the device multiplies bf16 natively (CPU avx512_bf16/AMX, "
-        "CUDA bf16), else fp32. Weights and saved adapters stay fp32 either way. Stored on every registered version.")
+        "auto", description="'auto' = what measured faster (README, Speed): bf16 autocast on a CPU with native bf16 "
+        "(avx512_bf16/AMX), fp32 on CUDA (the default recipe is launch-bound there) and elsewhere. Weights and saved "
+        "adapters stay fp32 either way. Stored on every registered version.")
     refresh_cache: bool = Field(
         False, description="Retrain and re-evaluate instead of reusing cached results, and register the result "
         "even if the same adapter (same data, config and code) is already registered."

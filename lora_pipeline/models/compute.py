@@ -1,10 +1,14 @@
 """Where models run and in what precision: ``runtime.device`` / ``runtime.precision`` resolved once per run.
 
-``auto`` means: CUDA when a GPU is visible, else the CPU; bf16 autocast when that device multiplies bf16
-natively (a GPU with bf16, a CPU with avx512_bf16 or AMX), else fp32. Under bf16 the weights stay fp32
-(autocast runs the matrix products in bf16), so a saved adapter is fp32 and loads anywhere. On this
-project's CPU a MiniLM training step under bf16 autocast took 0.35x the fp32 time (STACK.md); quality
-under both is measured by ``make bench``.
+``auto`` device: CUDA when torch sees a GPU, else the CPU. ``auto`` precision is what measured faster
+for this product's workloads (``make bench``, fp32 against bf16 in one run; README, Speed):
+- a CPU with native bf16 (avx512_bf16 or AMX): bf16 autocast;
+- CUDA: fp32. On an H100 the default recipe (MiniLM, batch 16, ~48 tokens) is bound by kernel launches,
+  not by matrix products, and autocast's extra cast kernels made a LoRA step 1.45x and the pipeline 1.7x
+  slower than fp32. ``runtime.precision: bf16`` still asks for it (large bases, long texts, big batches);
+- anything else: fp32.
+Under bf16 the weights stay fp32 (autocast runs the matrix products in bf16), so a saved adapter is
+fp32 and loads anywhere.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ def choose_compute(device: str, precision: str, *, cuda: bool, cuda_bf16: bool, 
     native = cuda_bf16 if chosen == "cuda" else cpu_bf16
     if precision == "bf16" and not native:
         raise ConfigError(f"runtime.precision=bf16: this {chosen} has no native bf16 (use auto or fp32)")
-    return Compute(device=chosen, precision=("bf16" if native else "fp32") if precision == "auto" else precision)
+    if precision == "auto":
+        precision = "bf16" if chosen == "cpu" and native else "fp32"  # measured: see the module docstring
+    return Compute(device=chosen, precision=precision)
 
 
 @functools.cache
