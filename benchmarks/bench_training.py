@@ -135,7 +135,8 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     if method == "lora":
         model = build_lora_model(cfg.base.name, splits.labels, cfg.lora, cfg.base.cache_dir)
     else:
-        model = kind_of(cfg.base.name).load_base(get_spec(cfg.base.name), splits.labels, cfg.base.cache_dir)
+        model = kind_of(cfg.base.name).load_base(get_spec(cfg.base.name), splits.labels, cfg.base.cache_dir,
+                                                 dropout=cfg.lora.base_dropout)
     model.to(device).train()
     trainable, total = count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,

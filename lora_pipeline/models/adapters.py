@@ -56,7 +56,7 @@ def lora_settings_for(base_model: str, lora: LoraSettings) -> LoraSettings:
 def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cache_dir: str | None = None) -> PeftModel:
     """The base (as its kind builds it for ``labels``) with a fresh LoRA adapter; only the adapter trains."""
     kind = kind_of(base_model)
-    base = kind.load_base(get_spec(base_model), labels, cache_dir)
+    base = kind.load_base(get_spec(base_model), labels, cache_dir, dropout=lora.base_dropout)
     return get_peft_model(base, kind.lora_config(lora_settings_for(base_model, lora)))
 
 

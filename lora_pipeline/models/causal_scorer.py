@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 BASE_ROWS = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
 
 
-def _causal_lm(spec, cache_dir) -> torch.nn.Module:
+def _causal_lm(spec, cache_dir, dropout: float | None = None) -> torch.nn.Module:
     path = base_model_path(spec.name, cache_dir)
+    rates = {} if dropout is None else {"attention_dropout": dropout}  # Llama/Gemma: their only dropout (0 already)
     with LOAD_LOCK:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True, **rates)
 
 
 class CausalLabelScorer(ModelKind):
@@ -43,8 +44,8 @@ class CausalLabelScorer(ModelKind):
     baselines = ("base", "fewshot")
     few_shot_api = True
 
-    def load_base(self, spec, labels, cache_dir):
-        return _causal_lm(spec, cache_dir)  # answers with label tokens: no head to size
+    def load_base(self, spec, labels, cache_dir, dropout=None):
+        return _causal_lm(spec, cache_dir, dropout)  # answers with label tokens: no head to size
 
     def training_data(self, tokenizer, splits, max_length, instruction):
         """Prompt listing the labels -> " label" + EOS; the loss is on the answer tokens only."""

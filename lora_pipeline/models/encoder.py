@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 from peft import TaskType
-from transformers import AutoModel, AutoModelForSequenceClassification, DataCollatorWithPadding
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, DataCollatorWithPadding
 
 from lora_pipeline.models.bases import LOAD_LOCK, base_model_path, load_tokenizer
 from lora_pipeline.models.compute import model_device
@@ -68,12 +68,21 @@ def describe_label(label: str, descriptions: dict[str, str], template: str) -> s
     return template.format(label=words or label)
 
 
-def _classifier(spec, labels: list[str]) -> torch.nn.Module:
-    """The base with a fresh classification head sized for ``labels`` (head size is fixed at load)."""
+def _classifier(spec, labels: list[str], dropout: float | None = None) -> torch.nn.Module:
+    """The base with a fresh classification head sized for ``labels`` (head size is fixed at load).
+
+    ``dropout`` replaces BERT's hidden and attention dropout; the new head keeps the config's rate
+    (it is trained, so its dropout still regularises what is learned)."""
+    path = base_model_path(spec.name)
+    rates = {}
+    if dropout is not None:
+        config = AutoConfig.from_pretrained(path)
+        rates = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
+                 "classifier_dropout": config.classifier_dropout or config.hidden_dropout_prob}
     with LOAD_LOCK:
         return AutoModelForSequenceClassification.from_pretrained(
-            base_model_path(spec.name), num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, use_safetensors=True)
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, use_safetensors=True, **rates)
 
 
 @torch.inference_mode()
@@ -97,8 +106,8 @@ class EncoderClassifier(ModelKind):
     greater_is_better = True
     baselines = ("base",)
 
-    def load_base(self, spec, labels, cache_dir):
-        return _classifier(spec, labels)
+    def load_base(self, spec, labels, cache_dir, dropout=None):
+        return _classifier(spec, labels, dropout)
 
     def training_data(self, tokenizer, splits, max_length, instruction):
         label_ids = {label: i for i, label in enumerate(splits.labels)}

@@ -38,8 +38,10 @@ class ModelKind(ABC):
 
     # --- building ---------------------------------------------------------------------------------
     @abstractmethod
-    def load_base(self, spec: BaseModelSpec, labels: list[str], cache_dir: str | None) -> torch.nn.Module:
-        """The frozen base, ready for a LoRA adapter of a domain with ``labels``."""
+    def load_base(self, spec: BaseModelSpec, labels: list[str], cache_dir: str | None,
+                  dropout: float | None = None) -> torch.nn.Module:
+        """The frozen base, ready for a LoRA adapter of a domain with ``labels``. ``dropout``: the rate of the
+        base's own dropout (hidden states, attention) while training; None keeps its config's."""
 
     def lora_config(self, lora: LoraSettings, **overrides: Any) -> LoraConfig:
         """peft's config for ``lora`` (its null defaults already filled in from the base)."""

@@ -224,7 +224,8 @@ def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: s
     length = resolve_max_length(tokenizer, splits, inputs.base)
     with _TRAIN_LOCK:
         set_seed(inputs.train.seed)
-        model = kind.load_base(get_spec(inputs.base.name), splits.labels, inputs.base.cache_dir)
+        model = kind.load_base(get_spec(inputs.base.name), splits.labels, inputs.base.cache_dir,
+                               dropout=inputs.lora.base_dropout)  # the same base as LoRA trains on
         trainable, _ = count_parameters(model)
         trainer, seconds = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate, tokenizer,
                                 length.max_length, class_weights_for(splits, inputs.train))
