@@ -147,8 +147,9 @@ class TrainConfig(_Section):
         "auto", description="Loss weights per class (encoder bases). 'balanced': inverse class frequency, so a rare "
         "class is still predicted; 'auto': balanced when the largest class has >= 1.5x the rows of the smallest.")
     group_by_length: bool = Field(
-        True, description="Batch texts of similar token length together (HF's LengthGroupedSampler: shuffled groups), "
-        "so short texts are not padded to a long one's width.")
+        False, description="Batch train texts of similar token length together (HF's LengthGroupedSampler), so short "
+        "texts are not padded to a long one's width. Off by default: on drug reviews, where length goes with the "
+        "label, it cut training time 132 -> 77 s but macro-F1 0.486 -> 0.388 (README, Speed).")
     seed: int = Field(42, ge=0, description="Seed for adapter init, dropout and data order.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per process; 0 = torch's default.")
 

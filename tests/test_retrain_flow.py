@@ -69,6 +69,7 @@ def test_run_registers_one_adapter_per_domain_then_rebuilds_one(tmp_path, vader_
         for tag in ("data_fingerprint", "domain_fingerprint", "base_model", "config_sha256", "code_version", "seed"):
             assert version.tags[tag], tag
         assert version.tags["base_model"] == "all-minilm-l6-v2"
+        assert (version.tags["precision"], version.tags["device"]) == ("fp32", "cpu")  # what the tests pin
         assert run.data.tags["mlflow.parentRunId"]
 
         # alias set by the rule, the decision and its numbers stored on the version

@@ -138,7 +138,9 @@ def test_concurrent_mixed_domain_requests_answer_as_sequential_ones(http, regist
     requests = [{"items": [{"domain": i["domain"], "text": i["text"]} for i in items[k : k + 4]]}
                 for k in range(0, len(items), 4)]  # 12 requests of 4 texts, mixed domains
     sequential = [http.post("/predict", json=body).json()["predictions"] for body in requests]
-    before = http.get("/health").json()["batches"]
+    health = http.get("/health").json()
+    assert (health["precision"], health["device"]) == ("fp32", "cpu")  # the config's runtime.precision, resolved
+    before = health["batches"]
 
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:
         concurrent = list(pool.map(lambda body: http.post("/predict", json=body).json()["predictions"], requests))
