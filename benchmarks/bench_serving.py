@@ -227,7 +227,8 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
 
     runs = timed_interleaved({name: timed(name) for name in modes}, repeats)
     mixed_s, switch_s, merged_s = (statistics.median(runs[m]) for m in ("mixed", "switching", "merged"))
-    agree = through_batcher(modes["mixed"], items, bs, wait)[0] == through_batcher(modes["switching"], items, bs, wait)[0]
+    mixed_labels, switching_labels = (through_batcher(modes[m], items, bs, wait)[0] for m in ("mixed", "switching"))
+    agreement = sum(a == b for a, b in zip(mixed_labels, switching_labels)) / len(items)
 
     pool_ms = []
     for domain, text in items[:latency_samples]:
@@ -252,7 +253,9 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
             "mixed_over_merged": round(merged_s / mixed_s, 3),
             "mixed_over_switching": round(switch_s / mixed_s, 3),
         },
-        "mixed_and_switching_agree": agree,  # the same labels either way (a correctness check)
+        # Share of texts with the same label either way (a correctness check): 1.0 in fp32; under bf16 a near-tie
+        # may flip, since the two paths pad and round differently.
+        "mixed_and_switching_agreement": round(agreement, 4),
         "latency_batch1": {"pool": percentiles(pool_ms), "http": latency_http(cfg, items, latency_samples)},
     }
 

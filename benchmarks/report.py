@@ -133,7 +133,8 @@ def report_blocks(r: dict, chart: Path) -> list[tuple]:
               f"to {serving['setup']['batch_size']}, median of {serving['setup']['repeats']} runs per mode, modes interleaved. "
               f"Batch-1 latency p50/p95: {serving['latency_batch1']['pool']['p50_ms']}/{serving['latency_batch1']['pool']['p95_ms']} ms "
               f"in process, {serving['latency_batch1']['http']['p50_ms']}/{serving['latency_batch1']['http']['p95_ms']} ms over HTTP. "
-              f"Mixed and switching gave the same labels: {serving['mixed_and_switching_agree']}."),
+              f"Mixed and switching gave the same label to {serving['mixed_and_switching_agreement']:.1%} of the texts "
+              f"({serving['setup']['precision']}; under bf16 the two paths round differently)."),
         ("h2", "Precision: fp32 against " + chosen + " (same run)"),
         ("table", [{"figure": name, **{p: fmt(v) for p, v in r["by_precision"].items()}}
                    for name, fmt in _precision_rows(r)]),

