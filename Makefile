@@ -27,9 +27,10 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=8
 
-# Benchmarks (never timed asserts): the default pipeline, a full fine-tune, step costs and serving, in one
-# run -> benchmarks/results/latest.json + report.md + quality.png (~30 min on 2 CPU cores); then the default
-# config on the held-out datasets -> benchmarks/results/heldout.json + heldout.md (~60 min).
+# Benchmarks (never timed asserts): the default pipeline, step costs and serving, each in fp32 and in the
+# precision runtime.precision picks here, plus a full fine-tune, in one run -> benchmarks/results/latest.json
+# + report.md + quality.png (~25 min on 2 CPU cores); then the default config on the held-out datasets ->
+# benchmarks/results/heldout.json + heldout.md (~25 min).
 bench: install data
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.bench_heldout
