@@ -4,8 +4,8 @@
 for this product's workloads (``make bench``, fp32 against bf16 in one run; README, Speed):
 - a CPU with native bf16 (avx512_bf16 or AMX): bf16 autocast;
 - CUDA: fp32. On an H100 the default recipe (MiniLM, batch 16, ~48 tokens) is bound by kernel launches,
-  not by matrix products, and autocast's extra cast kernels made a LoRA step 1.45x and the pipeline 1.7x
-  slower than fp32. ``runtime.precision: bf16`` still asks for it (large bases, long texts, big batches);
+  not by matrix products, and autocast's extra cast kernels made a LoRA step 1.3-1.5x and the pipeline
+  1.4-1.7x slower than fp32 (two runs). ``runtime.precision: bf16`` still asks for it (large bases, long texts, big batches);
 - anything else: fp32.
 Under bf16 the weights stay fp32 (autocast runs the matrix products in bf16), so a saved adapter is
 fp32 and loads anywhere.
