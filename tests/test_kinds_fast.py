@@ -5,7 +5,10 @@ Llama, ``tests/tiny_models.py``), registered as bases like any other; nothing is
 kind: a trained adapter is saved with its kind and reloads to the very probabilities of the model that
 was trained; training moves only the LoRA (and fully-trained) parameters; the causal kind's loss sees
 only the answer; a pool's mixed-adapter batches give each row what its adapter alone gives, also after
-another adapter is removed. And that the MicroBatcher merges, splits, fails and stops as documented.
+another adapter is removed. Then device and precision: the ``auto`` choice per machine, bf16 training
+that saves fp32 weights, bf16 prediction and a bf16 pool close to fp32 and to each adapter alone, on the
+CPU and (where torch sees one) on CUDA. And that the MicroBatcher merges, splits, fails and stops as
+documented.
 The whole file runs in well under a minute on 2 CPU cores.
 """
 
