@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.report import ratios, write_report
     from lora_pipeline.data.prepare import prepare_data
     from lora_pipeline.models.bases import base_model_bytes
-    from lora_pipeline.models.compute import resolve_compute
+    from lora_pipeline.models.compute import compute_for
 
     # fp32 against the precision runtime.precision chooses here, each in its own fresh project.
-    chosen = resolve_compute(cfg.runtime.device, cfg.runtime.precision)
+    chosen = compute_for(cfg.runtime)
     precisions = list(dict.fromkeys(["fp32", chosen.precision]))
     prepared = prepare_data(cfg.data.path, cfg.data, cfg.split, project / "prepared")  # the runs' splits (deterministic)
     by_precision = {p: measure_precision(_config(args, project / p, p), prepared, args, project / "step")

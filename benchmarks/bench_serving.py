@@ -109,7 +109,7 @@ def switching_batch(service):
     import torch
 
     from lora_pipeline.models.compute import autocast, model_device
-    from lora_pipeline.models.encoder import encode_each
+    from lora_pipeline.models.encoder import padded_batches
 
     def run(items):
         pool, served = service.pool, service.served
@@ -120,11 +120,12 @@ def switching_batch(service):
                     rows = [(i, text) for i, (d, text) in enumerate(items) if d == domain]
                     adapter = served[domain]
                     pool.model.set_adapter(adapter.slot)
-                    features = encode_each(pool.tokenizer, [t for _, t in rows], [pool.meta[adapter.slot].max_length] * len(rows))
-                    batch = pool.tokenizer.pad(features, return_tensors="pt").to(model_device(pool.model))
+                    [(order, batch)] = padded_batches(pool.tokenizer, [t for _, t in rows],
+                                                      [pool.meta[adapter.slot].max_length] * len(rows), len(rows),
+                                                      model_device(pool.model))  # one forward per domain
                     logits = pool.model(**batch).logits[:, : len(adapter.labels)]
-                    for (i, _), k in zip(rows, logits.argmax(-1).tolist()):
-                        labels[i] = adapter.labels[k]
+                    for j, k in zip(order, logits.argmax(-1).tolist()):
+                        labels[rows[j][0]] = adapter.labels[k]
         finally:
             pool.model.set_adapter(pool.idle)  # the pool's own idle adapter again
         return labels
@@ -136,13 +137,16 @@ def merged_batch(model, tokenizer, max_length, compute):
     import torch
 
     from lora_pipeline.models.compute import autocast, model_device
-    from lora_pipeline.models.encoder import encode_each
+    from lora_pipeline.models.encoder import padded_batches
 
     def run(items):
+        predicted = [0] * len(items)
         with torch.inference_mode(), autocast(compute):
-            features = encode_each(tokenizer, [text for _, text in items], [max_length] * len(items))  # as the pool cuts
-            batch = tokenizer.pad(features, return_tensors="pt").to(model_device(model))
-            return model(**batch).logits.argmax(-1).tolist()
+            for rows, batch in padded_batches(tokenizer, [text for _, text in items], [max_length] * len(items),
+                                              len(items), model_device(model)):  # as the pool cuts, one forward
+                for i, k in zip(rows, model(**batch).logits.argmax(-1).tolist()):
+                    predicted[i] = k
+        return predicted
 
     return run
 

@@ -115,12 +115,12 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     from lora_pipeline.models import kind_of
     from lora_pipeline.models.adapters import build_lora_model, count_parameters
     from lora_pipeline.models.bases import get_spec, load_tokenizer
-    from lora_pipeline.models.compute import autocast, resolve_compute
+    from lora_pipeline.models.compute import autocast, compute_for
     from lora_pipeline.training.trainer import resolve_max_length
 
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
-    compute = resolve_compute(cfg.runtime.device, cfg.runtime.precision)  # as training resolves it
+    compute = compute_for(cfg.runtime)  # as training resolves it
     device = compute.device
     train = splits.read("train").head(cfg.train.batch_size)
     label_ids = {label: i for i, label in enumerate(splits.labels)}

@@ -15,10 +15,10 @@ import subprocess
 from pathlib import Path
 
 from lora_pipeline import __version__
-from lora_pipeline.config import Compute, EvaluationInputs, PipelineConfig, TrainingInputs, sha256_json
+from lora_pipeline.config import EvaluationInputs, PipelineConfig, TrainingInputs, sha256_json
 from lora_pipeline.data.prepare import DomainSplits
 from lora_pipeline.models import kind_of
-from lora_pipeline.models.compute import resolve_compute
+from lora_pipeline.models.compute import compute_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The code that builds an adapter (all subpackages' .py files), and what evaluation adds to it. Not the
@@ -54,23 +54,18 @@ def code_fingerprint(packages: tuple[str, ...] = ADAPTER_CODE) -> str:
     return digest.hexdigest()
 
 
-def compute_for(cfg: PipelineConfig) -> Compute:
-    """runtime.device / runtime.precision resolved on this machine (once per process)."""
-    return resolve_compute(cfg.runtime.device, cfg.runtime.precision)
-
-
 def training_inputs(cfg: PipelineConfig) -> TrainingInputs:
     """The config groups training reads; the prompt only for kinds that train on one."""
     prompted = kind_of(cfg.base.name).prompted
     return TrainingInputs(base=cfg.base, lora=cfg.lora, train=cfg.train,
-                          instruction=cfg.generative.instruction if prompted else None, compute=compute_for(cfg))
+                          instruction=cfg.generative.instruction if prompted else None, compute=compute_for(cfg.runtime))
 
 
 def evaluation_inputs(cfg: PipelineConfig) -> EvaluationInputs:
     """The config groups evaluation reads; the generative settings only for prompted kinds."""
     prompted = kind_of(cfg.base.name).prompted
     return EvaluationInputs(base=cfg.base, eval=cfg.eval, generative=cfg.generative if prompted else None,
-                            seed=cfg.split.seed, compute=compute_for(cfg))
+                            seed=cfg.split.seed, compute=compute_for(cfg.runtime))
 
 
 def adapter_key(splits: DomainSplits, training: TrainingInputs) -> str:

@@ -5,7 +5,8 @@ for this product's workloads (``make bench``, fp32 against bf16 in one run; READ
 - a CPU with native bf16 (avx512_bf16 or AMX): bf16 autocast;
 - CUDA: fp32. On an H100 the default recipe (MiniLM, batch 16, ~48 tokens) is bound by kernel launches,
   not by matrix products, and autocast's extra cast kernels made a LoRA step 1.3-1.5x and the pipeline
-  1.4-1.7x slower than fp32 (two runs). ``runtime.precision: bf16`` still asks for it (large bases, long texts, big batches);
+  1.4-1.7x slower than fp32 (two runs). ``runtime.precision: bf16`` still asks for it (large bases, long
+  texts, big batches);
 - anything else: fp32.
 Under bf16 the weights stay fp32 (autocast runs the matrix products in bf16), so a saved adapter is
 fp32 and loads anywhere.
@@ -18,7 +19,7 @@ import functools
 
 import torch
 
-from lora_pipeline.config import Compute
+from lora_pipeline.config import Compute, RuntimeConfig
 from lora_pipeline.errors import ConfigError
 
 
@@ -50,6 +51,12 @@ def choose_compute(device: str, precision: str, *, cuda: bool, cuda_bf16: bool, 
 def resolve_compute(device: str = "auto", precision: str = "auto") -> Compute:
     """:func:`choose_compute` on this machine (decided once per process for the same request)."""
     return choose_compute(device, precision, **capabilities())
+
+
+def compute_for(runtime: RuntimeConfig) -> Compute:
+    """runtime.device / runtime.precision resolved on this machine: what the pipeline, the benchmarks and the
+    server all run in."""
+    return resolve_compute(runtime.device, runtime.precision)
 
 
 def autocast(compute: Compute) -> contextlib.AbstractContextManager:

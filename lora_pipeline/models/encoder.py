@@ -9,12 +9,14 @@ one shared width, and each row's logits are cut back to its own labels before th
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from peft import TaskType
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, DataCollatorWithPadding
+from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, BatchEncoding,
+                          DataCollatorWithPadding)
 
 from lora_pipeline.models.bases import LOAD_LOCK, base_model_path, load_tokenizer
 from lora_pipeline.models.compute import model_device
@@ -41,21 +43,20 @@ class _EncodedTexts(torch.utils.data.Dataset):
         return {**self.features[i], "labels": self.labels[i]}
 
 
-def encode_each(tokenizer, texts: list[str], max_lengths: list[int]) -> list[dict]:
-    """Each text's token ids, cut head+tail at its own adapter's max_length (as in training); unpadded."""
+def padded_batches(tokenizer, texts: list[str], max_lengths: list[int], batch_size: int,
+                   device) -> Iterator[tuple[list[int], BatchEncoding]]:
+    """(row indices, their padded batch on ``device``). Each text is cut head+tail at its own adapter's
+    max_length (as in training); rows of similar length share a batch (shortest first), so a batch pads
+    to its own longest row instead of the longest row of the whole request."""
     features: list[dict] = [{}] * len(texts)
     for max_length in set(max_lengths):
         rows = [i for i, m in enumerate(max_lengths) if m == max_length]
         for i, encoded in zip(rows, encode_head_tail(tokenizer, [texts[i] for i in rows], max_length)):
             features[i] = encoded
-    return features
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar length (shortest first), so a batch pads to its own longest
-    row instead of the longest row of the whole request."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    order = sorted(range(len(texts)), key=lambda i: len(features[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield rows, tokenizer.pad([features[i] for i in rows], return_tensors="pt").to(device)
 
 
 def describe_label(label: str, descriptions: dict[str, str], template: str) -> str:
@@ -88,10 +89,8 @@ def _classifier(spec, labels: list[str], dropout: float | None = None) -> torch.
 @torch.inference_mode()
 def _embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
     """Mean-pooled, L2-normalised token embeddings: how all-MiniLM-L6-v2 makes sentence vectors."""
-    features, device = encode_each(tokenizer, texts, [max_length] * len(texts)), model_device(encoder)
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
-    for rows in length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
-        batch = tokenizer.pad([features[i] for i in rows], return_tensors="pt").to(device)
+    for rows, batch in padded_batches(tokenizer, texts, [max_length] * len(texts), batch_size, model_device(encoder)):
         hidden = encoder(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -145,10 +144,9 @@ class EncoderClassifier(ModelKind):
     @torch.inference_mode()
     def predict_proba(self, model, tokenizer, texts, metas: list[AdapterMeta], batch_size, adapter_names=None):
         model.eval()
-        features, device = encode_each(tokenizer, texts, [m.max_length for m in metas]), model_device(model)
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
-        for rows in length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
-            batch = tokenizer.pad([features[i] for i in rows], return_tensors="pt").to(device)
+        max_lengths = [m.max_length for m in metas]
+        for rows, batch in padded_batches(tokenizer, texts, max_lengths, batch_size, model_device(model)):
             routing = {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names else {}
             logits = model(**batch, **routing).logits.float().cpu()
             for i, row in zip(rows, logits):

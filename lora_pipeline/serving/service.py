@@ -25,7 +25,7 @@ from mlflow.models import Model
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
 from lora_pipeline.models.bases import get_spec
-from lora_pipeline.models.compute import resolve_compute
+from lora_pipeline.models.compute import compute_for
 from lora_pipeline.registry import schema
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
@@ -78,7 +78,7 @@ class ChampionService:
     def __init__(self, cfg: PipelineConfig, client: MlflowClient | None = None):
         self.cfg = cfg
         self.client = client or MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-        self.compute = resolve_compute(cfg.runtime.device, cfg.runtime.precision)  # as the pipeline resolves it
+        self.compute = compute_for(cfg.runtime)  # as the pipeline resolves it
         self.pool = AdapterPool(cfg.base.name, cfg.lora, cfg.api.max_labels, cfg.base.cache_dir, self.compute)
         # Replaced whole on every change (never mutated), so readers can take a consistent snapshot.
         self.served: dict[str, ServedAdapter] = {}
