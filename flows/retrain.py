@@ -70,14 +70,16 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
         configure(t, cfg) for t in (prepare_data_task, start_tracking_task, train_adapter_task, evaluate_adapter_task,
                                     register_adapter_task, finish_tracking_task, report_run_task))
 
+    # What each stage reads of the config; resolving the compute first, so that a device this machine lacks
+    # stops the run before a tracking run is opened.
+    training, evaluation = training_inputs(cfg), evaluation_inputs(cfg)
+    print(f"compute: {describe(training.compute)} (runtime.device={cfg.runtime.device}, "
+          f"runtime.precision={cfg.runtime.precision})")
     prepared = prepare_data(cfg)  # every input error stops here, before training or registering
     parent_run_id = start_tracking(cfg, prepared)
 
     # Submitted stage by stage so the pool's workers start every domain's training before any
     # evaluation task blocks a worker waiting on its upstream.
-    training, evaluation = training_inputs(cfg), evaluation_inputs(cfg)  # what each stage reads of the config
-    print(f"compute: {describe(training.compute)} (runtime.device={cfg.runtime.device}, "
-          f"runtime.precision={cfg.runtime.precision})")
     trained = {d: train_adapter.submit(s, training, cfg.work_dir) for d, s in prepared.domains.items()}
     evaluated = {d: evaluate_adapter.submit(s, training, evaluation, trained[d]) for d, s in prepared.domains.items()}
     registered = {
