@@ -27,7 +27,7 @@ from lora_pipeline.provenance import adapter_key, evaluation_key  # noqa: E402
 from lora_pipeline.registry.register import RegisteredAdapter, log_and_register  # noqa: E402
 from lora_pipeline.registry.tracking import finish_parent_run, start_parent_run  # noqa: E402
 from lora_pipeline.reporting.report import ReportFiles, report_run  # noqa: E402
-from lora_pipeline.training.trainer import TrainedAdapter, train_adapter  # noqa: E402
+from lora_pipeline.training.trainer import TrainedAdapter, train_in_own_process  # noqa: E402
 
 # Cache keys: exactly the inputs each task hands to the library (+ data and code), and Prefect's hash of
 # the task's own source.
@@ -63,7 +63,7 @@ def start_tracking_task(cfg: PipelineConfig, prepared: PreparedData, run_name: s
 
 @task(name="train-adapter", task_run_name="train-{splits.domain}", cache_policy=TRAIN_CACHE)
 def train_adapter_task(splits: DomainSplits, training: TrainingInputs, work_dir: Path) -> TrainedAdapter:
-    return train_adapter(splits, training, adapter_dir_for(work_dir, splits, training))
+    return train_in_own_process(splits, training, adapter_dir_for(work_dir, splits, training))
 
 
 @task(name="evaluate-adapter", task_run_name="evaluate-{splits.domain}", cache_policy=EVALUATE_CACHE)

@@ -5,6 +5,7 @@ Real Prefect (test harness), real MLflow (SQLite in tmp_path), real all-MiniLM-L
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import mlflow
@@ -186,4 +187,29 @@ def test_a_training_task_over_its_timeout_fails_without_retrying(tmp_path, vader
         [train] = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["train-tweets"])),
                                         sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=1)
     assert train.state.name == "TimedOut" and train.run_count == 1
+    assert multiprocessing.active_children() == []  # the training process was killed, not left running
     assert _versions(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "vader-tweets") == []
+
+
+def _adapter_weights(project: Path) -> dict[str, bytes]:
+    return {p.parent.parent.parent.name: p.read_bytes()
+            for p in (project / ".lora_pipeline" / "adapters").rglob("adapter/adapter_model.safetensors")}
+
+
+def test_domains_train_in_their_own_processes_and_identically_whatever_runs_beside_them(
+        tmp_path, vader_csv, prefect_harness):
+    import os
+
+    weights = {}
+    for parallel in (2, 1):
+        project = tmp_path / f"parallel-{parallel}"
+        project.mkdir()
+        assert _run_cli(project, vader_csv, "--domains", ",".join(DOMAINS),
+                        "--set", f"runtime.parallel_domains={parallel}") == 0
+        weights[parallel] = _adapter_weights(project)
+        client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+        pids = {client.get_run(client.get_model_version(f"vader-{d}", "1").run_id).data.tags["trained_on"]
+                .rsplit(":", 1)[1] for d in DOMAINS}
+        assert str(os.getpid()) not in pids and len(pids) == 2  # a fresh process per domain
+    assert len(weights[2]) == len(DOMAINS)
+    assert weights[2] == weights[1]  # bit-identical: no shared random generator, no shared state

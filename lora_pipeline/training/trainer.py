@@ -28,15 +28,15 @@ from lora_pipeline.evaluation.metrics import classification_metrics
 from lora_pipeline.models import ModelKind, kind_of
 from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model,
                                            count_parameters, save_adapter)
-from lora_pipeline.models.bases import get_spec, load_tokenizer
+from lora_pipeline.models.bases import base_model_path, get_spec, load_tokenizer
 from lora_pipeline.models.text_length import ChosenLength, choose_max_length
+from lora_pipeline.ops.isolation import call_in_child_process
 
 # One training at a time per process, from seeding to the last step. Two HF Trainers in two threads share
 # accelerate's global AcceleratorState (one's reset was seen to crash the other: "'AcceleratorState' object has
 # no attribute 'distributed_type'"), and dropout draws from torch's one global generator, so concurrent
-# training was neither safe nor reproducible. Evaluation and registration of other domains still overlap,
-# and on a 2-core CPU two concurrent trainings were no faster than one after the other (README, Seeds).
-# Processes (runtime.task_runner: dask) train side by side, each with its own lock.
+# training in threads is neither safe nor reproducible. The pipeline trains each domain in its own process
+# (train_in_own_process); this lock only guards callers that train in threads of one process.
 _TRAIN_LOCK = threading.Lock()
 IMBALANCE_RATIO = 1.5  # class_weights: auto weights a domain whose largest class has this many times the smallest's rows
 
@@ -200,6 +200,14 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         precision=inputs.compute.precision,
         device=inputs.compute.device,
     )
+
+
+def train_in_own_process(splits: DomainSplits, inputs: TrainingInputs, output_dir: str | Path) -> TrainedAdapter:
+    """:func:`train_adapter` in a fresh child process (lora_pipeline.ops.isolation): domains train side by side
+    without sharing accelerate's or torch's global state, and a crash fails only this domain."""
+    base_model_path(inputs.base.name, inputs.base.cache_dir)  # a GGUF base converts once, here, not per child
+    return call_in_child_process(train_adapter, splits, inputs, str(output_dir),
+                                 what=f"the training process of domain '{splits.domain}'")
 
 
 @dataclass
