@@ -58,6 +58,12 @@ def safe_name(raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:100] or "data"
 
 
+def domain_dirname(domain: str) -> str:
+    """A directory name for ``domain`` that stays inside its parent whatever the value ('../x', 'a/b', 300
+    characters, any script): its safe characters, then a hash that keeps distinct domains apart."""
+    return f"{safe_name(domain)[:40]}-{hashlib.sha256(domain.encode()).hexdigest()[:8]}"
+
+
 class _Section(BaseModel):
     # Unknown keys are typos; fail loudly instead of silently ignoring them.
     model_config = ConfigDict(extra="forbid")

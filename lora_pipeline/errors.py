@@ -27,6 +27,10 @@ class AdapterLoadError(PipelineError, ValueError):
     """A registered adapter the server cannot load (wrong base, too many labels, unmixable modules, I/O)."""
 
 
+class NonFiniteOutputError(AdapterLoadError):
+    """An adapter produced NaN/inf scores: broken weights. Refused, never returned as an answer."""
+
+
 class UnknownDomainError(PipelineError, LookupError):
     """A prediction asked for a domain that has no loaded champion."""
 

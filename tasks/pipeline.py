@@ -7,6 +7,7 @@ source; ``configure`` adds the per-project options (cache location, retries, tim
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import Task, task
@@ -29,21 +30,36 @@ from lora_pipeline.registry.tracking import finish_parent_run, start_parent_run 
 from lora_pipeline.reporting.report import ReportFiles, report_run  # noqa: E402
 from lora_pipeline.training.trainer import TrainedAdapter, train_in_own_process  # noqa: E402
 
+
+
+def adapter_dir_for(work_dir: Path, splits: DomainSplits, training: TrainingInputs) -> Path:
+    return Path(work_dir) / "adapters" / domain_dirname(splits.domain) / adapter_key(splits, training)[:16]
+
+
+def evaluation_dir_for(splits: DomainSplits, training: TrainingInputs, evaluation: EvaluationInputs,
+                       trained: TrainedAdapter) -> Path:
+    return Path(trained.adapter_dir).parent / f"evaluation-{evaluation_key(splits, training, evaluation)[:12]}"
+
+
+def unless_deleted(key: str, *paths: Path) -> str:
+    """``key`` while the files a cached result points to exist; once any is gone (someone cleaned up the
+    adapters), a key never used before, so the result is recomputed instead of handing on missing paths."""
+    return key if all(Path(p).exists() for p in paths) else f"{key}-files-gone-{time.time_ns()}"
+
+
 # Cache keys: exactly the inputs each task hands to the library (+ data and code), and Prefect's hash of
-# the task's own source.
-TRAIN_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: adapter_key(p["splits"], p["training"]))
-EVALUATE_CACHE = TASK_SOURCE + CacheKeyFnPolicy(
-    cache_key_fn=lambda ctx, p: evaluation_key(p["splits"], p["training"], p["evaluation"]))
+# the task's own source; valid only while the result's files are still there.
+TRAIN_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: unless_deleted(
+    adapter_key(p["splits"], p["training"]), adapter_dir_for(p["work_dir"], p["splits"], p["training"]) / "adapter"))
+EVALUATE_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: unless_deleted(
+    evaluation_key(p["splits"], p["training"], p["evaluation"]), p["trained"].adapter_dir,
+    evaluation_dir_for(p["splits"], p["training"], p["evaluation"], p["trained"])))
 
 
 def retry_if_transient(task, task_run, state) -> bool:
     """Retry a busy store or flaky I/O; never a timeout (it would only time out again) or a bug."""
     error = state.result(raise_on_failure=False)
     return isinstance(error, BaseException) and not isinstance(error, TaskRunTimeoutError) and is_transient(error)
-
-
-def adapter_dir_for(work_dir: Path, splits: DomainSplits, training: TrainingInputs) -> Path:
-    return Path(work_dir) / "adapters" / domain_dirname(splits.domain) / adapter_key(splits, training)[:16]
 
 
 @task(name="prepare-data")
@@ -58,7 +74,10 @@ def prepare_data_task(cfg: PipelineConfig) -> PreparedData:
 
 @task(name="start-tracking")
 def start_tracking_task(cfg: PipelineConfig, prepared: PreparedData, run_name: str | None = None) -> str:
-    return start_parent_run(cfg, prepared, run_name)
+    run_id, abandoned = start_parent_run(cfg, prepared, run_name)
+    if abandoned:
+        print(f"note: marked {len(abandoned)} MLflow run(s) left RUNNING by a killed earlier run as KILLED")
+    return run_id
 
 
 @task(name="train-adapter", task_run_name="train-{splits.domain}", cache_policy=TRAIN_CACHE)
@@ -69,8 +88,8 @@ def train_adapter_task(splits: DomainSplits, training: TrainingInputs, work_dir:
 @task(name="evaluate-adapter", task_run_name="evaluate-{splits.domain}", cache_policy=EVALUATE_CACHE)
 def evaluate_adapter_task(splits: DomainSplits, training: TrainingInputs, evaluation: EvaluationInputs,
                           trained: TrainedAdapter) -> DomainEvaluation:
-    out = Path(trained.adapter_dir).parent / f"evaluation-{evaluation_key(splits, training, evaluation)[:12]}"
-    return evaluate_domain(splits, trained.adapter_dir, evaluation, out)
+    return evaluate_domain(splits, trained.adapter_dir, evaluation,
+                           evaluation_dir_for(splits, training, evaluation, trained))
 
 
 @task(name="register-adapter", task_run_name="register-{splits.domain}")

@@ -62,3 +62,12 @@ def tiny_overrides(project_dir: Path) -> list[str]:
 @pytest.fixture
 def tiny_config(tmp_path, vader_csv):
     return load_config(overrides=tiny_overrides(tmp_path) + [f"data.path={vader_csv}"])
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection suite's figure: how many faults were tried and how many the product handled."""
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
+               if getattr(r, "when", "") == "call" and "fault" in r.keywords]
+    if reports:
+        handled = sum(r.passed for r in reports)
+        terminalreporter.write_line(f"fault injection: {len(reports)} faults tried, {handled} handled")

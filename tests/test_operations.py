@@ -21,6 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from lora_pipeline.cli import main
+from lora_pipeline.data.prepare import domain_dirname
 from lora_pipeline.config import load_config
 from tests.conftest import REPO_ROOT, tiny_overrides
 
@@ -88,10 +89,10 @@ def test_no_change_rerun_hits_the_cache_and_registers_nothing(project, registry)
     # The re-run's MLflow run names the runs that trained its (cached) domains, and got its report.
     [report_task] = [t for t in tasks if t.name.startswith("report-run")]
     assert report_task.state.name == "Completed"
-    [rerun] = [r for r in _parent_runs(registry) if r.data.tags.get("domain_run/amazon")][:1]
+    [rerun] = [r for r in _parent_runs(registry) if r.data.tags.get(f"domain_run/{domain_dirname('amazon')}")][:1]
     for domain in DOMAINS:
         [v1] = [v for v in registry.search_model_versions(f"name='vader-{domain}'") if str(v.version) == "1"]
-        assert rerun.data.tags[f"domain_run/{domain}"] == v1.run_id
+        assert rerun.data.tags[f"domain_run/{domain_dirname(domain)}"] == v1.run_id
     assert {"report/report.md", "report/report.html"} <= {a.path for a in registry.list_artifacts(rerun.info.run_id, "report")}
 
     # Asked for explicitly, a rebuild of an unchanged domain retrains and registers it anyway.

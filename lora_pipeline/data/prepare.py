@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from lora_pipeline.config import DataConfig, SplitConfig, safe_name, sha256_json
+from lora_pipeline.config import DataConfig, SplitConfig, domain_dirname, safe_name, sha256_json  # noqa: F401
 from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -124,12 +124,6 @@ def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.D
         raise DataError(f"{source}: every value in text column '{cfg.text_col}' is empty")
     out["text"] = text
     return out[~empty], int(empty.sum())
-
-
-def domain_dirname(domain: str) -> str:
-    """A directory name for ``domain`` that stays inside its parent whatever the value ('../x', 'a/b', 300
-    characters, any script): its safe characters, then a hash that keeps distinct domains apart."""
-    return f"{safe_name(domain)[:40]}-{hashlib.sha256(domain.encode()).hexdigest()[:8]}"
 
 
 def _normalise(text: str) -> str:

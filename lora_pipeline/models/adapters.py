@@ -6,6 +6,7 @@ numbers a user sees in the registry are the numbers the served model gives.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from lora_pipeline.config import Compute, LoraSettings
+from lora_pipeline.errors import AdapterLoadError, NonFiniteOutputError
 from lora_pipeline.models import ModelKind, kind_named, kind_of
 from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.compute import autocast
@@ -71,11 +73,62 @@ def save_adapter(model: PeftModel, meta: AdapterMeta, adapter_dir: Path) -> Path
     adapter_dir = Path(adapter_dir)
     model.save_pretrained(adapter_dir, safe_serialization=True)
     meta.save(adapter_dir)
+    write_checksums(adapter_dir)
     return adapter_dir
+
+
+CHECKSUMS = "checksums.json"  # sha256 of every other file of an adapter folder, written last when it is saved
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(adapter_dir: Path) -> str:
+    """Record each file's sha256 in checksums.json; returns the adapter's digest (that file's sha256), which
+    registration stores on the version so the manifest itself cannot be swapped unnoticed."""
+    files = sorted(p for p in Path(adapter_dir).rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    sums = {p.relative_to(adapter_dir).as_posix(): _file_sha256(p) for p in files}
+    (Path(adapter_dir) / CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
+    return adapter_digest(adapter_dir)
+
+
+def adapter_digest(adapter_dir: str | Path) -> str:
+    return _file_sha256(Path(adapter_dir) / CHECKSUMS)
+
+
+def verify_checksums(adapter_dir: str | Path, expected_digest: str | None = None) -> str:
+    """Refuse an adapter folder whose files are not byte for byte what was saved (a truncated copy, a flipped
+    block, a swapped file); ``expected_digest``: the digest recorded at registration. Returns the digest."""
+    adapter_dir = Path(adapter_dir)
+    manifest = adapter_dir / CHECKSUMS
+    if not manifest.is_file():
+        raise AdapterLoadError(f"{adapter_dir}: no {CHECKSUMS}; only adapters saved by lora-pipeline (with their "
+                               f"checksums) are loaded; retrain it")
+    digest = adapter_digest(adapter_dir)
+    if expected_digest and digest != expected_digest:
+        raise AdapterLoadError(f"{adapter_dir}: {CHECKSUMS} is not the one registered (sha256 {digest[:12]}, "
+                               f"registered {expected_digest[:12]})")
+    for name, expected in json.loads(manifest.read_text()).items():
+        path = adapter_dir / name
+        if not path.is_file() or _file_sha256(path) != expected:
+            raise AdapterLoadError(f"{adapter_dir}: {name} does not match its sha256 in {CHECKSUMS} "
+                                   f"({'missing' if not path.is_file() else 'changed'} since it was saved)")
+    return digest
 
 
 def adapter_size_bytes(adapter_dir: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(adapter_dir).rglob("*") if p.is_file())
+
+
+def finite_or_raise(probs: np.ndarray, domain: str) -> np.ndarray:
+    if not np.isfinite(probs).all():
+        raise NonFiniteOutputError(f"domain '{domain}': the adapter produced non-finite scores (broken weights)")
+    return probs
 
 
 @dataclass
@@ -93,7 +146,8 @@ class LoadedAdapter:
         with autocast(self.compute):
             probs = self.kind.predict_proba(self.model, self.tokenizer, list(texts), [self.meta] * len(texts),
                                             batch_size)
-        return np.stack(probs) if probs else np.zeros((0, len(self.meta.labels)), dtype=np.float32)
+        return finite_or_raise(np.stack(probs), self.meta.domain) if probs else np.zeros(
+            (0, len(self.meta.labels)), dtype=np.float32)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
         probs = self.predict_proba(texts, batch_size)
@@ -104,6 +158,7 @@ def load_adapter(adapter_dir: str | Path, cache_dir: str | None = None, compute:
     """Base (from its package) + adapter weights (safetensors) in eval mode, on ``compute``'s device
     (default: fp32 on the CPU, which every machine has)."""
     compute = compute or Compute()
+    verify_checksums(adapter_dir)
     meta = AdapterMeta.load(adapter_dir)
     base = kind_named(meta.kind).load_base(get_spec(meta.base_model), meta.labels, cache_dir)
     model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True).to(compute.device)

@@ -3,6 +3,10 @@
 ``log_and_register`` composes the three steps: log the domain's run (``tracking``), register the
 version with its provenance, promote it (``champion``) or keep it as ``challenger``. An adapter
 already registered (same ``adapter_key``: same data, training inputs and code) is not registered again.
+
+Crash-consistent: a version is registered ``pending`` and marked ``complete`` only after its decision and
+alias are written. A process killed in between leaves a pending version that nothing uses; the next run of
+the same adapter deletes it and registers again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from mlflow import MlflowClient
 
 from lora_pipeline.config import PipelineConfig, PromotionConfig
 from lora_pipeline.data.prepare import DomainSplits, PreparedData
+from lora_pipeline.models.adapters import verify_checksums
 from lora_pipeline.provenance import adapter_key, code_version, training_inputs
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.champions import AUTO, set_champion
@@ -35,12 +40,6 @@ class RegisteredAdapter:
     alias: str  # the alias this version holds now ("" for none)
     reason: str
     is_new: bool  # False: this exact adapter (same data, config and code) was already registered
-
-
-def find_version_by_tag(client: MlflowClient, name: str, key: str, value: str):
-    """The newest version of ``name`` whose tag ``key`` equals ``value``, or None."""
-    matching = [v for v in schema.versions_of(client, name) if v.tags.get(key) == value]
-    return max(matching, key=lambda v: int(v.version), default=None)
 
 
 def register_version(name: str, model_uri: str, provenance: dict[str, str]) -> str:
@@ -87,7 +86,12 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
     client = MlflowClient()
     name = schema.registered_name(cfg.dataset_name, splits.domain, cfg.base.name)
     identity = adapter_key(splits, training_inputs(cfg))
-    existing = None if cfg.runtime.refresh_cache else find_version_by_tag(client, name, schema.ADAPTER_KEY, identity)
+    same_adapter = [v for v in schema.versions_of(client, name) if v.tags.get(schema.ADAPTER_KEY) == identity]
+    for version in same_adapter:  # a registration killed half-way: superseded by this one, never used
+        if not schema.is_complete(version):
+            client.delete_model_version(name, version.version)
+    complete = [v for v in same_adapter if schema.is_complete(v)]
+    existing = None if cfg.runtime.refresh_cache else max(complete, key=lambda v: int(v.version), default=None)
     if existing is not None:  # a cached re-run: the same adapter is not registered twice
         aliases = schema.aliases_by_version(client.get_registered_model(name)).get(str(existing.version), [])
         return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(existing.version),
@@ -105,6 +109,8 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
         schema.PRECISION: trained.precision,
         schema.DEVICE: trained.device,
         schema.LABELS: ",".join(splits.labels),
+        schema.ADAPTER_SHA256: verify_checksums(trained.adapter_dir),  # and the files are still what was saved
+        schema.REGISTRATION: schema.PENDING,
     }
     run_id, model_uri = log_domain_run(cfg, parent_run_id, splits, trained, evaluation, provenance)
     model_tags = {schema.DATASET: cfg.dataset_name, schema.DOMAIN: splits.domain, schema.BASE_MODEL: cfg.base.name,
@@ -114,6 +120,7 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
         for tag, value in model_tags.items():
             client.set_registered_model_tag(name, tag, value)
         decision = promote_version(client, name, version, evaluation, cfg.promotion)
+        client.set_model_version_tag(name, version, schema.REGISTRATION, schema.COMPLETE)  # the last write
     except Exception:
         # Nothing half-done stays registered: drop the version that did not get its decision and alias.
         client.delete_model_version(name, version)

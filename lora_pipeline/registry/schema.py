@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from lora_pipeline.config import BaseModelConfig, safe_name
+from lora_pipeline.config import BaseModelConfig, domain_dirname, safe_name
 
 # Aliases
 CHAMPION = "champion"
@@ -32,6 +32,8 @@ DOMAIN_FINGERPRINT = "domain_fingerprint"
 CONFIG_SHA256 = "config_sha256"
 CODE_VERSION = "code_version"
 ADAPTER_KEY = "adapter_key"  # identity of the trained adapter: same key, same adapter (no new version)
+ADAPTER_SHA256 = "adapter_sha256"  # sha256 of the adapter's checksums.json: serving refuses other bytes
+REGISTRATION, PENDING, COMPLETE = "registration", "pending", "complete"  # complete: decided and aliased
 SEED = "seed"
 LABELS = "labels"
 PRECISION = "precision"  # runtime.precision as resolved: "bf16" (autocast, fp32 weights) or "fp32"
@@ -41,10 +43,11 @@ PROMOTION_REASON = "promotion_reason"
 PREVIOUS_CHAMPION = "previous_champion"
 
 # Tags on runs
-DOMAIN_RUN_PREFIX = "domain_run/"  # + domain, on a parent run -> the run holding that domain's evaluation
+DOMAIN_RUN_PREFIX = "domain_run/"  # + domain_dirname(domain), on a parent run -> the run holding that domain's evaluation
 REGISTERED_MODEL = "registered_model"
 REGISTERED_VERSION = "registered_version"
 TRAINED_ON = "trained_on"
+RUN_BY = "run_by"  # host:pid of the process that opened the run: a later run marks it KILLED if that is gone
 FAILED_DOMAINS = "failed_domains"
 
 # The base whose models keep the plain <dataset>-<domain> name: the config's default base.
@@ -55,7 +58,9 @@ _PAGE = 100
 def registered_name(dataset: str, domain: str, base_model: str) -> str:
     """'<dataset>-<domain>', plus '-<base>' for any base but the default: one champion per domain and base."""
     suffix = "" if base_model == DEFAULT_BASE else f"-{base_model}"
-    return safe_name(f"{dataset}-{domain}{suffix}")
+    # A domain MLflow cannot take as is ('a/b', '日本') gets a hash: 'a/b' and 'a b' stay two models.
+    part = domain if safe_name(domain) == domain else domain_dirname(domain)
+    return safe_name(f"{dataset}-{part}{suffix}")
 
 
 def managed_models(client: MlflowClient) -> Iterator[RegisteredModel]:
@@ -78,6 +83,13 @@ def versions_of(client: MlflowClient, name: str) -> list[ModelVersion]:
         token = page.token
         if not token:
             return out
+
+
+def is_complete(version: ModelVersion) -> bool:
+    """Registered in full: decision written and alias set. Versions from before the registration tag count
+    as complete once they carry a decision."""
+    default = COMPLETE if PROMOTION_DECISION in version.tags else PENDING
+    return version.tags.get(REGISTRATION, default) == COMPLETE
 
 
 def aliases_by_version(model: RegisteredModel) -> dict[str, list[str]]:

@@ -8,6 +8,8 @@ thread and domains are processed in worker threads.
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import socket
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -16,7 +18,7 @@ from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
 from lora_pipeline.config import PipelineConfig
-from lora_pipeline.data.prepare import DomainSplits, PreparedData
+from lora_pipeline.data.prepare import DomainSplits, PreparedData, domain_dirname
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.provenance import code_version
@@ -62,20 +64,53 @@ def setup_tracking(cfg: PipelineConfig) -> str:
         return client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
 
 
-def start_parent_run(cfg: PipelineConfig, prepared: PreparedData, run_name: str | None = None) -> str:
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(owner: str) -> bool:
+    """True when ``owner`` (host:pid) is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's run: it cannot be checked from here
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def mark_abandoned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a pipeline process of this host that was killed: marked KILLED (with their nested
+    domain runs), so the MLflow UI and `report` never take them for a run in progress. Returns their ids."""
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    dead = {r.info.run_id for r in running if _gone(r.data.tags.get(schema.RUN_BY, ""))}
+    dead |= {r.info.run_id for r in running if r.data.tags.get("mlflow.parentRunId") in dead}
+    for run_id in sorted(dead):
+        client.set_tag(run_id, schema.FAILED_DOMAINS, "unknown: the process was killed")
+        client.set_terminated(run_id, "KILLED")
+    return sorted(dead)
+
+
+def start_parent_run(cfg: PipelineConfig, prepared: PreparedData,
+                     run_name: str | None = None) -> tuple[str, list[str]]:
+    """The pipeline run's MLflow run id, and the ids of runs a killed earlier run had left RUNNING."""
     experiment_id = setup_tracking(cfg)
     client = MlflowClient()
+    abandoned = mark_abandoned_runs(client, experiment_id)
     run = client.create_run(
         experiment_id,
         run_name=run_name,
         tags={schema.DATASET: prepared.dataset, schema.DATA_FINGERPRINT: prepared.fingerprint,
-              schema.CODE_VERSION: code_version(), schema.BASE_MODEL: cfg.base.name},
+              schema.CODE_VERSION: code_version(), schema.BASE_MODEL: cfg.base.name, schema.RUN_BY: this_process()},
     )
     client.log_param(run.info.run_id, "domains", ",".join(prepared.domains))
     client.log_param(run.info.run_id, schema.CONFIG_SHA256, cfg.sha256())
     client.log_text(run.info.run_id, cfg.model_dump_json(indent=2), "config.json")
     client.log_text(run.info.run_id, prepared.to_json(), "prepared_data.json")
-    return run.info.run_id
+    return run.info.run_id, abandoned
 
 
 def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[str, str] | None = None) -> None:
@@ -84,7 +119,8 @@ def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[
     client = MlflowClient()
     client.set_tag(run_id, schema.FAILED_DOMAINS, ",".join(failed_domains) or "none")
     for domain, domain_run_id in (domain_runs or {}).items():
-        client.set_tag(run_id, f"{schema.DOMAIN_RUN_PREFIX}{domain}", domain_run_id)
+        # A domain is any string of the user's data; a tag key allows only some characters.
+        client.set_tag(run_id, f"{schema.DOMAIN_RUN_PREFIX}{domain_dirname(domain)}", domain_run_id)
     client.set_terminated(run_id, "FAILED" if failed_domains else "FINISHED")
 
 

@@ -1,7 +1,7 @@
 """Reports: the flow's per-domain summary table, and the comparison report of one pipeline run.
 
 The comparison report (``lora-pipeline report``) reads everything from MLflow, so it can be rendered
-for any past run: the parent run names each domain's run (tag ``domain_run/<domain>``, which for a
+for any past run: the parent run names each domain's run (tag ``domain_run/<domain_dirname>``, which for a
 cached domain is the run that trained it), and each domain run holds the metrics and evaluation.json.
 It is written as markdown (with PNGs beside it) and as one self-contained HTML file, and logged back to
 the parent run under ``report/``.
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_pipeline.config import PipelineConfig
+from lora_pipeline.data.prepare import domain_dirname
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS, plot_confusion_matrix
 from lora_pipeline.registry import schema
@@ -147,8 +148,9 @@ def collect_comparison(client, run_id: str) -> RunComparison:
     comparison = RunComparison(run_id=run_id, run_name=parent.info.run_name or run_id,
                                started=_iso(parent.info.start_time), tags=dict(tags))
     with tempfile.TemporaryDirectory() as tmp:
-        for domain, domain_run_id in sorted(domain_runs.items()):
+        for key, domain_run_id in sorted(domain_runs.items()):
             run = client.get_run(domain_run_id)
+            domain = run.data.tags.get(schema.DOMAIN, key)  # the tag key holds a safe form of the name
             local = client.download_artifacts(domain_run_id, "evaluation/evaluation.json", tmp)
             evaluation = json.loads(Path(local).read_text())
             comparison.domains.append(DomainResult(
@@ -277,7 +279,7 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
         for m in models:
             if m in d.confusion:
                 png = plot_confusion_matrix(d.confusion[m], d.labels, f"{d.domain}: {names[m]}",
-                                            out_dir / f"confusion_{d.domain}_{m}.png")
+                                            out_dir / f"confusion_{domain_dirname(d.domain)}_{m}.png")
                 blocks.append(("img", png, f"{d.domain} {names[m]} confusion matrix"))
     return blocks
 

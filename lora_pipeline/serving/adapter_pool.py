@@ -22,7 +22,7 @@ from peft.utils import ModulesToSaveWrapper, load_peft_weights, set_peft_model_s
 from lora_pipeline.config import Compute, LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 from lora_pipeline.models import kind_of
-from lora_pipeline.models.adapters import AdapterMeta, lora_settings_for
+from lora_pipeline.models.adapters import AdapterMeta, finite_or_raise, lora_settings_for, verify_checksums
 from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.compute import autocast
 from lora_pipeline.models.encoder import HEAD_NAMES
@@ -66,9 +66,11 @@ class AdapterPool:
     def names(self) -> list[str]:
         return list(self.meta)
 
-    def add(self, name: str, adapter_dir: str | Path) -> AdapterMeta:
-        """Load a saved adapter (safetensors) under ``name``; the pool is unchanged if it fails."""
+    def add(self, name: str, adapter_dir: str | Path, expected_digest: str | None = None) -> AdapterMeta:
+        """Load a saved adapter (safetensors) under ``name``, its files checked against their sha256
+        (and ``expected_digest``, the one registered); the pool is unchanged if anything fails."""
         adapter_dir = Path(adapter_dir)
+        verify_checksums(adapter_dir, expected_digest)
         meta = AdapterMeta.load(adapter_dir)
         if meta.base_model != self.base_model:
             raise AdapterLoadError(f"{adapter_dir}: trained on base '{meta.base_model}', this pool serves '{self.base_model}'")
@@ -113,8 +115,9 @@ class AdapterPool:
         """Per request, the probabilities over its adapter's labels; rows of any adapters share each forward."""
         with self.lock, autocast(self.compute):  # adapters can neither vanish nor appear during the forward pass
             metas = [self._meta_for(r.adapter) for r in requests]
-            return self.kind.predict_proba(self.model, self.tokenizer, [r.text for r in requests], metas,
-                                           batch_size, adapter_names=[r.adapter for r in requests])
+            probs = self.kind.predict_proba(self.model, self.tokenizer, [r.text for r in requests], metas,
+                                            batch_size, adapter_names=[r.adapter for r in requests])
+        return [finite_or_raise(p, meta.domain) for p, meta in zip(probs, metas)]  # NaN is never an answer
 
     def predict_few_shot(self, text: str, examples: list[tuple[str, str]], labels: list[str], instruction: str,
                          max_text_tokens: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
 from lora_pipeline.config import ApiConfig, PipelineConfig
-from lora_pipeline.errors import UnknownDomainError
+from lora_pipeline.errors import NonFiniteOutputError, UnknownDomainError
 from lora_pipeline.models import kind_of
 from lora_pipeline.serving.batching import MicroBatcher
 from lora_pipeline.serving.schemas import (AdaptersResponse, Detail, FewShotResponse, HealthResponse, PredictionOut,
@@ -186,6 +186,10 @@ def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> F
     @app.exception_handler(UnknownDomainError)
     async def _unknown_domain(request: Request, exc: UnknownDomainError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(NonFiniteOutputError)
+    async def _broken_adapter(request: Request, exc: NonFiniteOutputError) -> JSONResponse:
+        return JSONResponse(status_code=500, content={"detail": str(exc)})
 
     bodies = request_models(limits)
     auth, errors = key_check(limits)

@@ -25,6 +25,7 @@ from mlflow.models import Model
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
 from lora_pipeline.models.bases import get_spec
+from lora_pipeline.models.adapters import verify_checksums
 from lora_pipeline.models.compute import compute_for
 from lora_pipeline.registry import schema
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
@@ -136,9 +137,15 @@ class ChampionService:
 
     def _load(self, domain: str, name: str, version: str) -> ServedAdapter:
         model_version = self.client.get_model_version(name, version)
+        registered = model_version.tags.get(schema.ADAPTER_SHA256)  # absent on versions from before checksums
         adapter_dir = self.fetch_adapter(name, version)
+        try:
+            verify_checksums(adapter_dir, registered)
+        except AdapterLoadError:  # this machine's copy went bad: fetch it once more; the registry's copy decides
+            shutil.rmtree(self._download_root / name / f"v{version}", ignore_errors=True)
+            adapter_dir = self.fetch_adapter(name, version)
         slot = f"slot{next(self._slots)}"
-        meta = self.pool.add(slot, adapter_dir)
+        meta = self.pool.add(slot, adapter_dir, expected_digest=registered)
         metrics = self.client.get_run(model_version.run_id).data.metrics if model_version.run_id else {}
         return ServedAdapter(domain=domain, model_name=name, version=version, labels=list(meta.labels),
                              metrics={k: metrics[k] for k in SHOWN_METRICS if k in metrics}, slot=slot,
