@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
-from lora_pipeline.models.adapters import AdapterMeta, build_lora_model, load_adapter, save_adapter
+from lora_pipeline.models.adapters import (CHECKSUMS, AdapterMeta, build_lora_model, load_adapter, save_adapter,
+                                           write_checksums)
 from lora_pipeline.config import LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 
@@ -76,19 +77,28 @@ def _edit_meta(path: Path, **changes) -> None:
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **changes}))
 
 
-@pytest.mark.parametrize("break_it, says", [
-    (lambda p: _edit_meta(p, base_model="gemma-3-270m"), "trained on base 'gemma-3-270m'"),
-    (lambda p: _edit_meta(p, labels=[f"l{i}" for i in range(9)]), "more than api.max_labels=8"),
-    (lambda p: (p / "adapter_model.safetensors").unlink(), "no adapter_model.safetensors"),
-    (lambda p: (p / "adapter_model.safetensors").write_bytes(b"\0" * 64), ""),  # corrupt: the library's error
+@pytest.mark.parametrize("break_it, resave, says", [
+    # Saved that way (checksums rewritten): what the adapter says does not fit this pool.
+    (lambda p: _edit_meta(p, base_model="gemma-3-270m"), True, "trained on base 'gemma-3-270m'"),
+    (lambda p: _edit_meta(p, labels=[f"l{i}" for i in range(9)]), True, "more than api.max_labels=8"),
+    (lambda p: (p / "adapter_model.safetensors").unlink(), True, "no adapter_model.safetensors"),
+    (lambda p: (p / "adapter_model.safetensors").write_bytes(b"\0" * 64), True, ""),  # the library's error
     (lambda p: shutil.rmtree(p) or _adapter(p.parent, p.name, ["a", "b", "c"], 4,
-                                           LoraSettings(modules_to_save=["classifier", "pooler"])),
+                                           LoraSettings(modules_to_save=["classifier", "pooler"])), False,
      "modules_to_save ['pooler'] differ"),
+    # Changed after saving: refused by the checksums before anything is read.
+    (lambda p: (p / "adapter_model.safetensors").write_bytes(b"\0" * 64), False,
+     "adapter_model.safetensors does not match its sha256"),
+    (lambda p: (p / "adapter_model.safetensors").unlink(), False, "adapter_model.safetensors does not match"),
+    (lambda p: _edit_meta(p, labels=["a", "b", "x"]), False, "adapter_meta.json does not match its sha256"),
+    (lambda p: (p / CHECKSUMS).unlink(), False, "no checksums.json"),
 ])
-def test_unusable_adapters_are_refused_and_the_pool_is_unchanged(pool, adapters, tmp_path, break_it, says):
+def test_unusable_adapters_are_refused_and_the_pool_is_unchanged(pool, adapters, tmp_path, break_it, resave, says):
     broken = tmp_path / "broken"
     shutil.copytree(adapters["three"], broken)
     break_it(broken)
+    if resave:
+        write_checksums(broken)
     names, configs = list(pool.names), list(pool.model.peft_config)
     with pytest.raises(Exception, match=re.escape(says)) as raised:
         pool.add("broken", broken)
@@ -101,3 +111,23 @@ def test_unusable_adapters_are_refused_and_the_pool_is_unchanged(pool, adapters,
 def test_a_pool_whose_own_modules_cannot_be_mixed_is_a_config_error():
     with pytest.raises(ConfigError, match=re.escape("'pooler.dense', not 'pooler'")):
         AdapterPool(BASE, LoraSettings(modules_to_save=["classifier", "pooler"]))
+
+
+def test_an_adapter_that_outputs_nan_is_refused_not_answered(pool, adapters, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lora_pipeline.errors import NonFiniteOutputError
+
+    nan = tmp_path / "nan"
+    shutil.copytree(adapters["two"], nan)
+    weights = load_file(nan / "adapter_model.safetensors")
+    weights = {k: v.fill_(float("nan")) if "lora_A" in k else v for k, v in weights.items()}
+    save_file(weights, nan / "adapter_model.safetensors")
+    write_checksums(nan)  # saved that way: the checksums cannot catch it, the output check must
+    pool.add("nan", nan)
+    try:
+        with pytest.raises(NonFiniteOutputError, match="non-finite"):
+            pool.predict_proba([PoolRequest("nan", TEXTS[0]), PoolRequest("two", TEXTS[0])])
+        assert np.isfinite(pool.predict_proba([PoolRequest("two", TEXTS[0])])[0]).all()  # others unaffected
+    finally:
+        pool.remove("nan")
