@@ -18,10 +18,13 @@ from lora_pipeline.models.compute import describe
 from lora_pipeline.provenance import evaluation_inputs, training_inputs
 from lora_pipeline.reporting.report import findings, format_results_table, summary_rows
 from tasks.pipeline import (
+    adapter_dir_for,
     configure,
     evaluate_adapter_task,
+    evaluation_dir_for,
     finish_tracking_task,
     prepare_data_task,
+    recomputed_if_files_gone,
     register_adapter_task,
     report_run_task,
     start_tracking_task,
@@ -80,8 +83,12 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
 
     # Submitted stage by stage so the pool's workers start every domain's training before any
     # evaluation task blocks a worker waiting on its upstream.
-    trained = {d: train_adapter.submit(s, training, cfg.work_dir) for d, s in prepared.domains.items()}
-    evaluated = {d: evaluate_adapter.submit(s, training, evaluation, trained[d]) for d, s in prepared.domains.items()}
+    # A cached result is used only while its files exist (they may have been deleted since).
+    roots = {d: adapter_dir_for(cfg.work_dir, s, training) for d, s in prepared.domains.items()}
+    trained = {d: recomputed_if_files_gone(train_adapter, roots[d] / "adapter").submit(s, training, cfg.work_dir)
+               for d, s in prepared.domains.items()}
+    evaluated = {d: recomputed_if_files_gone(evaluate_adapter, evaluation_dir_for(roots[d], s, training, evaluation))
+                 .submit(s, training, evaluation, trained[d]) for d, s in prepared.domains.items()}
     registered = {
         d: register_adapter.submit(cfg, parent_run_id, prepared, s, trained[d], evaluated[d])
         for d, s in prepared.domains.items()

@@ -7,7 +7,6 @@ source; ``configure`` adds the per-project options (cache location, retries, tim
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prefect import Task, task
@@ -36,24 +35,22 @@ def adapter_dir_for(work_dir: Path, splits: DomainSplits, training: TrainingInpu
     return Path(work_dir) / "adapters" / domain_dirname(splits.domain) / adapter_key(splits, training)[:16]
 
 
-def evaluation_dir_for(splits: DomainSplits, training: TrainingInputs, evaluation: EvaluationInputs,
-                       trained: TrainedAdapter) -> Path:
-    return Path(trained.adapter_dir).parent / f"evaluation-{evaluation_key(splits, training, evaluation)[:12]}"
-
-
-def unless_deleted(key: str, *paths: Path) -> str:
-    """``key`` while the files a cached result points to exist; once any is gone (someone cleaned up the
-    adapters), a key never used before, so the result is recomputed instead of handing on missing paths."""
-    return key if all(Path(p).exists() for p in paths) else f"{key}-files-gone-{time.time_ns()}"
+def evaluation_dir_for(adapter_root: Path, splits: DomainSplits, training: TrainingInputs,
+                       evaluation: EvaluationInputs) -> Path:
+    return Path(adapter_root) / f"evaluation-{evaluation_key(splits, training, evaluation)[:12]}"
 
 
 # Cache keys: exactly the inputs each task hands to the library (+ data and code), and Prefect's hash of
-# the task's own source; valid only while the result's files are still there.
-TRAIN_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: unless_deleted(
-    adapter_key(p["splits"], p["training"]), adapter_dir_for(p["work_dir"], p["splits"], p["training"]) / "adapter"))
-EVALUATE_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: unless_deleted(
-    evaluation_key(p["splits"], p["training"], p["evaluation"]), p["trained"].adapter_dir,
-    evaluation_dir_for(p["splits"], p["training"], p["evaluation"], p["trained"])))
+# the task's own source.
+TRAIN_CACHE = TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=lambda ctx, p: adapter_key(p["splits"], p["training"]))
+EVALUATE_CACHE = TASK_SOURCE + CacheKeyFnPolicy(
+    cache_key_fn=lambda ctx, p: evaluation_key(p["splits"], p["training"], p["evaluation"]))
+
+
+def recomputed_if_files_gone(t: Task, *paths: Path) -> Task:
+    """``t``, recomputing instead of reading its cache when a file its cached result points to is gone
+    (someone deleted .lora_pipeline/adapters/): the record would hand on paths that no longer exist."""
+    return t if all(Path(p).exists() for p in paths) else t.with_options(refresh_cache=True)
 
 
 def retry_if_transient(task, task_run, state) -> bool:
@@ -89,7 +86,7 @@ def train_adapter_task(splits: DomainSplits, training: TrainingInputs, work_dir:
 def evaluate_adapter_task(splits: DomainSplits, training: TrainingInputs, evaluation: EvaluationInputs,
                           trained: TrainedAdapter) -> DomainEvaluation:
     return evaluate_domain(splits, trained.adapter_dir, evaluation,
-                           evaluation_dir_for(splits, training, evaluation, trained))
+                           evaluation_dir_for(Path(trained.adapter_dir).parent, splits, training, evaluation))
 
 
 @task(name="register-adapter", task_run_name="register-{splits.domain}")

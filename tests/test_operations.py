@@ -136,8 +136,8 @@ def test_report_renders_a_run_from_mlflow_and_publishes_it(project, registry, tm
         assert row[4] == f"{metrics['adapter_macro_f1'] - metrics['base_macro_f1']:+.3f}"
         assert _table_row(markdown, "accuracy", domain)[3] == f"{metrics['adapter_accuracy']:.3f}"
         for model in ("base", "tfidf", "adapter"):
-            assert (out / f"confusion_{domain}_{model}.png").stat().st_size > 1000
-            assert f"(confusion_{domain}_{model}.png)" in markdown
+            assert (out / f"confusion_{domain_dirname(domain)}_{model}.png").stat().st_size > 1000
+            assert f"(confusion_{domain_dirname(domain)}_{model}.png)" in markdown
     assert "(quality_macro_f1.png)" in markdown and (out / "quality_macro_f1.png").stat().st_size > 1000
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + 3 * len(DOMAINS)  # self-contained: chart + matrices

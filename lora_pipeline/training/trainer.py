@@ -10,6 +10,7 @@ comparison point, never registered.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import shutil
 import socket
@@ -205,6 +206,8 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
 def train_in_own_process(splits: DomainSplits, inputs: TrainingInputs, output_dir: str | Path) -> TrainedAdapter:
     """:func:`train_adapter` in a fresh child process (lora_pipeline.ops.isolation): domains train side by side
     without sharing accelerate's or torch's global state, and a crash fails only this domain."""
+    if multiprocessing.current_process().daemon:  # a Dask worker: already its own process, and may not fork
+        return train_adapter(splits, inputs, output_dir)
     base_model_path(inputs.base.name, inputs.base.cache_dir)  # a GGUF base converts once, here, not per child
     return call_in_child_process(train_adapter, splits, inputs, str(output_dir),
                                  what=f"the training process of domain '{splits.domain}'")
