@@ -47,7 +47,7 @@ def repeated_runs(runs: int, work: Path) -> dict:
     from lora_pipeline.cli import main
     from lora_pipeline.data.datasets import fetch_vader
 
-    data = fetch_vader(REPO_ROOT / "data")
+    data = fetch_vader(REPO_ROOT / "data" / "vader.csv")
     results = []
     for i in range(runs):
         project = work / f"run-{i:02d}"
