@@ -24,8 +24,8 @@ from mlflow.models import Model
 
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
-from lora_pipeline.models.bases import get_spec
 from lora_pipeline.models.adapters import verify_checksums
+from lora_pipeline.models.bases import get_spec
 from lora_pipeline.models.compute import compute_for
 from lora_pipeline.registry import schema
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
