@@ -30,7 +30,6 @@ from lora_pipeline.reporting.report import ReportFiles, report_run  # noqa: E402
 from lora_pipeline.training.trainer import TrainedAdapter, train_in_own_process  # noqa: E402
 
 
-
 def adapter_dir_for(work_dir: Path, splits: DomainSplits, training: TrainingInputs) -> Path:
     return Path(work_dir) / "adapters" / domain_dirname(splits.domain) / adapter_key(splits, training)[:16]
 

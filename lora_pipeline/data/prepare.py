@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from lora_pipeline.config import DataConfig, SplitConfig, domain_dirname, safe_name, sha256_json  # noqa: F401
+from lora_pipeline.config import DataConfig, SplitConfig, domain_dirname, safe_name, sha256_json
 from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
-from lora_pipeline.config import PipelineConfig
-from lora_pipeline.data.prepare import DomainSplits, PreparedData, domain_dirname
+from lora_pipeline.config import PipelineConfig, domain_dirname
+from lora_pipeline.data.prepare import DomainSplits, PreparedData
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.provenance import code_version

@@ -16,8 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_pipeline.config import PipelineConfig
-from lora_pipeline.data.prepare import domain_dirname
+from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS, plot_confusion_matrix
 from lora_pipeline.registry import schema
