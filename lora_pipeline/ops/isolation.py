@@ -16,7 +16,8 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lora_pipeline.errors import PipelineError
 
