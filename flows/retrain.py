@@ -19,6 +19,7 @@ from lora_pipeline.provenance import evaluation_inputs, training_inputs
 from lora_pipeline.reporting.report import findings, format_results_table, summary_rows
 from tasks.pipeline import (
     adapter_dir_for,
+    check_tracking_store_task,
     configure,
     evaluate_adapter_task,
     evaluation_dir_for,
@@ -69,15 +70,18 @@ def retrain(config: PipelineConfig | None = None, domains: list[str] | None = No
 
 @flow(name="build-adapters", log_prints=True)
 def build_adapters(cfg: PipelineConfig) -> list[dict]:
-    prepare_data, start_tracking, train_adapter, evaluate_adapter, register_adapter, finish_tracking, report_run = (
-        configure(t, cfg) for t in (prepare_data_task, start_tracking_task, train_adapter_task, evaluate_adapter_task,
-                                    register_adapter_task, finish_tracking_task, report_run_task))
+    (check_tracking_store, prepare_data, start_tracking, train_adapter, evaluate_adapter, register_adapter,
+     finish_tracking, report_run) = (
+        configure(t, cfg) for t in (check_tracking_store_task, prepare_data_task, start_tracking_task,
+                                    train_adapter_task, evaluate_adapter_task, register_adapter_task,
+                                    finish_tracking_task, report_run_task))
 
     # What each stage reads of the config; resolving the compute first, so that a device this machine lacks
     # stops the run before a tracking run is opened.
     training, evaluation = training_inputs(cfg), evaluation_inputs(cfg)
     print(f"compute: {describe(training.compute)} (runtime.device={cfg.runtime.device}, "
           f"runtime.precision={cfg.runtime.precision})")
+    check_tracking_store(cfg)  # a store that cannot be written or reached stops the run before any work
     prepared = prepare_data(cfg)  # every input error stops here, before training or registering
     parent_run_id = start_tracking(cfg, prepared)
 
@@ -101,7 +105,10 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
             failures[d] = error
         else:
             results[d] = (trained[d].result(), evaluated[d].result(), registered[d].result())
-    finish_tracking(parent_run_id, sorted(failures), {d: r[2].run_id for d, r in results.items()})
+    finished = finish_tracking(parent_run_id, sorted(failures), {d: r[2].run_id for d, r in results.items()},
+                               return_state=True)
+    if not finished.is_completed():  # the domains' versions are registered; only the parent run's status is off
+        print(f"warning: could not close the MLflow run {parent_run_id}: {finished.result(raise_on_failure=False)}")
     if results:  # the report is a view of what is registered: if it fails, the adapters still stand
         report = report_run(cfg, parent_run_id, return_state=True)
         if not report.is_completed():

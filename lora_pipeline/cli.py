@@ -22,6 +22,7 @@ import yaml
 
 from lora_pipeline.config import PipelineConfig, apply_runtime_env, load_config
 from lora_pipeline.errors import ConfigError, PipelineError, RegistryError
+from lora_pipeline.ops.console import DETAILS_LOGGER
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -44,12 +45,26 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return load_config(args.config, list(args.overrides), values=values)
 
 
+# The log file of this command once it has one: where the traceback behind an `error:` line is.
+_LOG_FILE: list[Path] = []
+log = logging.getLogger(DETAILS_LOGGER)  # the log file only, never the console
+
+
+def _log_details(cfg: PipelineConfig) -> None:
+    """Library output and tracebacks into <work_dir>/logs/lora-pipeline.log; the console keeps one line each."""
+    from lora_pipeline.ops.console import log_details_to
+
+    _LOG_FILE.append(log_details_to(cfg.work_dir / "logs" / "lora-pipeline.log"))
+    log.info("lora-pipeline %s", " ".join(sys.argv[1:]))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     apply_runtime_env(cfg)
     # Imported here: the library itself never imports Prefect; only running the flow needs it.
     from flows.retrain import retrain
 
+    _log_details(cfg)  # after Prefect has set up its console handler
     retrain(config=cfg)
     print(f"\nMLflow store: {cfg.tracking_uri}   registered models: {cfg.dataset_name}-<domain>")
     print("Browse runs and versions: `lora-pipeline ui` (or `make ui`), `lora-pipeline models list`.")
@@ -61,6 +76,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     apply_runtime_env(cfg)
     from deployments.serve import serve_deployments
 
+    _log_details(cfg)
     serve_deployments(cfg)
     return 0
 
@@ -111,8 +127,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     elif args.action == "history":
         table = pd.DataFrame([vars(e) for e in champions.champion_history(client, name)]).fillna("-")
     else:
-        event = (champions.promote(client, name, args.version, args.reason) if args.action == "promote"
-                 else champions.rollback(client, name))
+        from lora_pipeline.ops.locks import exclusive
+
+        with exclusive(cfg.work_dir / "locks", f"promote-{name}"):  # not between a run's read and write
+            event = (champions.promote(client, name, args.version, args.reason) if args.action == "promote"
+                     else champions.rollback(client, name))
         print(f"{name}: champion v{event.previous or '-'} -> v{event.version} ({event.action}: {event.reason})")
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", None):
@@ -126,6 +145,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     apply_runtime_env(cfg)
     from flows.report import report
 
+    _log_details(cfg)
     report(config=cfg, run_id=args.run_id, out_dir=args.out)
     return 0
 
@@ -251,9 +271,28 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except PipelineError as exc:  # bad input/config or failed domains: one line; details are in the logs
-        print(f"error: {exc}", file=sys.stderr)
+    except PipelineError as exc:  # bad input/config or failed domains: one line; details are in the log
+        if _LOG_FILE:
+            log.error("%s", exc, exc_info=True)
+        print(f"error: {exc}{_see_log()}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a store or library error (MLflow, SQLAlchemy, I/O): one line, the traceback logged
+        if not _LOG_FILE and not _from_a_store(exc):
+            raise  # a bug in a command without a log file: the traceback is the report
+        log.error("%s", exc, exc_info=True)
+        print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+              f"{_see_log()}", file=sys.stderr)
+        return 1
+
+
+def _see_log() -> str:
+    return f" (details: {_LOG_FILE[-1]})" if _LOG_FILE else ""
+
+
+def _from_a_store(exc: BaseException) -> bool:
+    """An error of MLflow or of the database under it (read-only, locked, unreachable) or of the file system."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("mlflow", "sqlalchemy", "sqlite3",
+                                                                               "requests", "urllib3")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ RUNTIME_ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # first ephemeral start can take 20 s+
     "TOKENIZERS_PARALLELISM": "false",  # we already run domains in parallel threads
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the server downloads adapters; keep its log readable
+    # A tracking server that is down fails a call in seconds, not after MLflow's 7 retries of up to 120 s
+    # each (inside Prefect's own retries that was ~13 min): 3 retries, 1-2-4 s apart, 30 s per request.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 
 
@@ -64,9 +69,13 @@ def domain_dirname(domain: str) -> str:
     return f"{safe_name(domain)[:40]}-{hashlib.sha256(domain.encode()).hexdigest()[:8]}"
 
 
+MAX_SEED = 2**32 - 1  # numpy's and the HF Trainer's seeds are 32-bit; a larger one fails only once training starts
+
+
 class _Section(BaseModel):
-    # Unknown keys are typos; fail loudly instead of silently ignoring them.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown keys are typos; fail loudly instead of silently ignoring them. A number given for a text key
+    # (--set data.name=2019) is that text.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class DataConfig(_Section):
@@ -89,7 +98,8 @@ class DataConfig(_Section):
 
 
 class SplitConfig(_Section):
-    seed: int = Field(42, ge=0, description="Seed of the stratified splits and of the per-split subsampling.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed of the stratified splits and of the per-split "
+                      "subsampling.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of each domain held out for validation.")
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of each domain held out for test.")
     max_train_rows: int = Field(0, ge=0, description="Stratified cap on train rows per domain; 0 = no cap.")
@@ -142,6 +152,9 @@ class TrainConfig(_Section):
     epochs: float = Field(3, gt=0, description="Most training epochs (the best epoch by validation macro-F1 is "
                           "kept; see early_stopping_patience).")
     max_steps: int = Field(-1, description="If > 0, stop after this many optimizer steps (overrides epochs).")
+    min_steps: int = Field(
+        150, ge=0, description="A small domain trains more than train.epochs epochs (at most 10) to reach this many "
+        "optimizer steps, and early stopping waits for them (800 rows x 3 epochs at batch 16 = 150 steps).")
     batch_size: int = Field(16, ge=1, description="Training batch size.")
     learning_rate: float = Field(5e-4, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -156,7 +169,7 @@ class TrainConfig(_Section):
         False, description="Batch train texts of similar token length together (HF's LengthGroupedSampler), so short "
         "texts are not padded to a long one's width. Off by default: on drug reviews, where length goes with the "
         "label, it cut training time 132 -> 77 s but macro-F1 0.486 -> 0.388 (README, Speed).")
-    seed: int = Field(42, ge=0, description="Seed for adapter init, dropout and data order.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for adapter init, dropout and data order.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per process; 0 = torch's default.")
 
 
@@ -188,6 +201,15 @@ class PromotionConfig(_Section):
     max_loss_to_tfidf: float = Field(
         0.0, ge=0, description="Macro-F1 the adapter may lose to the TF-IDF + logistic regression baseline and still "
         "become champion; 0 = it must not be below it.")
+    max_loss_to_champion: float = Field(
+        0.01, ge=0, description="Non-inferiority margin against the current champion, both scored on the new "
+        "version's test rows: the lower end of the bootstrap interval of (new - champion) macro-F1 must be at least "
+        "-this. A difference the test rows cannot tell from noise holds the new version back.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the bootstrap intervals.")
+    bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the test rows.")
+    rescore_champion: bool = Field(
+        True, description="Score the current champion on the new version's test split before deciding (same rows "
+        "for both); false = compare with the champion's recorded macro-F1 on its own, older split.")
 
 
 class TrackingConfig(_Section):
@@ -354,16 +376,26 @@ class EvaluationInputs(_Section):
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
-    """``section.key=value`` -> (key, value parsed as YAML: ints, floats, bools, lists "[a,b]", null)."""
+    """``section.key=value`` -> (key, value parsed as YAML: ints, floats, bools, lists "[a,b]", null).
+
+    A value YAML would read as plain text keeps its text as typed: 'a #b' is not 'a' plus a comment, and
+    'C: x' is not a mapping (quote it to have YAML's reading)."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
-    key = key.strip()
+    key, text = key.strip(), raw.strip()
+    if not text:
+        return key, ""
     try:
-        return key, yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
+        if text[0] not in "[{'\"":  # plain text that merely contains YAML syntax ('a: b: c')
+            return key, text
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"override '{key}': value {raw!r} is not valid YAML ({problem})") from None
+    if (isinstance(value, str) or isinstance(value, dict) and text[0] != "{") and text[0] not in "'\"":
+        return key, text
+    return key, value
 
 
 def _set_key(raw: dict, key: str, value: Any) -> None:

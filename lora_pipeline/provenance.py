@@ -18,6 +18,7 @@ from lora_pipeline import __version__
 from lora_pipeline.config import EvaluationInputs, PipelineConfig, TrainingInputs, sha256_json
 from lora_pipeline.data.prepare import DomainSplits
 from lora_pipeline.models import kind_of
+from lora_pipeline.models.bases import check_lengths
 from lora_pipeline.models.compute import compute_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -55,7 +56,9 @@ def code_fingerprint(packages: tuple[str, ...] = ADAPTER_CODE) -> str:
 
 
 def training_inputs(cfg: PipelineConfig) -> TrainingInputs:
-    """The config groups training reads; the prompt only for kinds that train on one."""
+    """The config groups training reads; the prompt only for kinds that train on one. A length the base
+    cannot take stops here, before any data is prepared."""
+    check_lengths(cfg.base)
     prompted = kind_of(cfg.base.name).prompted
     return TrainingInputs(base=cfg.base, lora=cfg.lora, train=cfg.train,
                           instruction=cfg.generative.instruction if prompted else None, compute=compute_for(cfg.runtime))

@@ -25,7 +25,7 @@ from lora_pipeline.errors import is_transient  # noqa: E402
 from lora_pipeline.evaluation.evaluate import DomainEvaluation, evaluate_domain  # noqa: E402
 from lora_pipeline.provenance import adapter_key, evaluation_key  # noqa: E402
 from lora_pipeline.registry.register import RegisteredAdapter, log_and_register  # noqa: E402
-from lora_pipeline.registry.tracking import finish_parent_run, start_parent_run  # noqa: E402
+from lora_pipeline.registry.tracking import check_store, finish_parent_run, start_parent_run  # noqa: E402
 from lora_pipeline.reporting.report import ReportFiles, report_run  # noqa: E402
 from lora_pipeline.training.trainer import TrainedAdapter, train_in_own_process  # noqa: E402
 
@@ -56,6 +56,11 @@ def retry_if_transient(task, task_run, state) -> bool:
     """Retry a busy store or flaky I/O; never a timeout (it would only time out again) or a bug."""
     error = state.result(raise_on_failure=False)
     return isinstance(error, BaseException) and not isinstance(error, TaskRunTimeoutError) and is_transient(error)
+
+
+@task(name="check-tracking-store")
+def check_tracking_store_task(cfg: PipelineConfig) -> None:
+    check_store(cfg)
 
 
 @task(name="prepare-data")

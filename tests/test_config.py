@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from lora_pipeline.config import load_config
@@ -50,6 +52,8 @@ def test_default_tracking_uri_is_project_sqlite(tmp_path):
         ("train.epochz=1", "train.epochz"),
         ("train.epochs=-1", "train.epochs"),
         ("noequals", "section.key=value"),
+        ("train.seed=4294967296", "train.seed"),  # numpy's seeds are 32-bit: refused now, not once training starts
+        ("split.seed=-1", "split.seed"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -82,6 +86,10 @@ def test_tracking_setup_does_not_redirect_the_next_config(tmp_path, monkeypatch)
         (["--label-col", "rating: 1-5"], ("data", "label_col"), "rating: 1-5"),  # ': ' is not a mapping
         (["--domains", "2019,2020"], ("data", "domains"), ["2019", "2020"]),  # names, not integers
         (["--set", "train.epochs=2"], ("train", "epochs"), 2),  # --set values are YAML
+        (["--set", "data.path=a #b.csv"], ("data", "path"), "a #b.csv"),  # ... but plain text keeps its '#'
+        (["--set", "data.path=C: x.csv"], ("data", "path"), "C: x.csv"),  # ... and its ': '
+        (["--set", "data.name=2019"], ("data", "name"), "2019"),  # a number for a text key is that text
+        (["--set", "data.name='#1'"], ("data", "name"), "#1"),  # quoted: YAML's reading
     ],
 )
 def test_cli_flags_are_values_and_only_set_is_parsed(argv, key, expected):
@@ -103,3 +111,16 @@ def test_the_schema_default_base_is_the_configs():
     from lora_pipeline.registry.schema import DEFAULT_BASE
 
     assert DEFAULT_BASE == load_config(env={}).base.name
+
+
+@pytest.mark.parametrize("override, message", [
+    ("base.max_length=600", "'base.max_length': 600 tokens, but all-minilm-l6-v2 has 512 positions"),
+    ("base.max_length_cap=1024", "'base.max_length_cap': 1024 tokens"),
+    ("base.name=no-such-base", "'base.name': unknown base model 'no-such-base'"),
+])
+def test_a_length_or_base_the_model_cannot_take_stops_before_any_data_is_read(override, message):
+    """Checked where the run resolves what training reads (before prepare), not when a domain starts training."""
+    from lora_pipeline.provenance import training_inputs
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        training_inputs(load_config(overrides=[override], env={}))

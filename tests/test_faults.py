@@ -192,3 +192,63 @@ def test_a_corrupted_local_copy_is_fetched_again(registered_project):
     report = service.reload()
     assert f"{name} v{version}" in report.loaded and report.failed == []
     load_adapter(service.fetch_adapter(name, version))  # the fresh copy verifies
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+# A tracking store that cannot be used: (case, tracking URI under tmp_path, what the one line says).
+STORE_FAULTS = [
+    ("server down", lambda tmp: f"http://127.0.0.1:{_closed_port()}", "cannot be used"),
+    ("folder missing", lambda tmp: f"sqlite:///{tmp / 'no' / 'such' / 'mlflow.db'}", "is not a writable folder"),
+    ("folder is a file", lambda tmp: f"sqlite:///{tmp / 'a-file' / 'mlflow.db'}", "is not a writable folder"),
+]
+
+
+@pytest.mark.parametrize("case, uri, says", STORE_FAULTS, ids=[c[0] for c in STORE_FAULTS])
+def test_a_tracking_store_that_cannot_be_used_stops_the_run_before_any_work(case, uri, says, tmp_path, vader_csv,
+                                                                            prefect_harness, capsys):
+    import time
+
+    (tmp_path / "a-file").write_text("not a folder")
+    args = _cli_args(tmp_path, vader_csv, "--domains", "tweets", "--set", f"tracking.tracking_uri={uri(tmp_path)}")
+    started = time.monotonic()
+    assert main(args) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0] and "tracking store" in errors[0], errors
+    assert time.monotonic() - started < 120  # not MLflow's retries inside Prefect's retries (was ~13 min)
+    assert not (tmp_path / ".lora_pipeline" / "prepared").exists()  # stopped before preparing anything
+    log_file = tmp_path / ".lora_pipeline" / "logs" / "lora-pipeline.log"
+    assert "Traceback" in log_file.read_text()  # the details are in the log, not on the console
+
+
+def test_the_console_shows_progress_lines_and_one_error_line_and_the_log_has_the_rest(tmp_path, vader_csv,
+                                                                                      prefect_api_env):
+    """A real CLI process: a tiny training run prints progress lines and no library chatter; a bad file ends
+    in one error line; the tracebacks and the libraries' output are in the log files."""
+    env = {**prefect_api_env, "COLUMNS": "200"}
+    trained = subprocess.run([sys.executable, "-m", "lora_pipeline.cli",
+                              *_cli_args(tmp_path, vader_csv, "--domains", "tweets")],
+                             env=env, capture_output=True, text=True, timeout=600)
+    console = trained.stdout + trained.stderr
+    assert trained.returncode == 0, console[-3000:]
+    assert "train tweets: step" in console and "val macro_f1" in console  # one progress line per logged step
+    for chatter in ("LOAD REPORT", "it/s]", "s/it]", "FutureWarning", "warnings.warn", "Traceback", "{'loss'"):
+        assert chatter not in console, chatter
+    adapter_logs = list((tmp_path / ".lora_pipeline" / "adapters").rglob("train.log"))
+    assert adapter_logs and "LOAD REPORT" in adapter_logs[0].read_text()  # the library's output, kept
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nonly one row,pos\n")
+    failed = subprocess.run([sys.executable, "-m", "lora_pipeline.cli", "run", "--data", str(bad),
+                             "--set", f"runtime.project_dir={tmp_path}"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stdout + failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: domain 'all' has 1 rows")
+    assert "Traceback" in (tmp_path / ".lora_pipeline" / "logs" / "lora-pipeline.log").read_text()

@@ -39,7 +39,8 @@ from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 from lora_pipeline.serving.batching import MicroBatcher
 from lora_pipeline.training import trainer as trainer_module
 from lora_pipeline.training.trainer import train_adapter
-from tests.tiny_models import TINY_CAUSAL, TINY_ENCODER, build_tiny_causal, build_tiny_encoder
+from tests.tiny_models import (TINY_CAUSAL, TINY_ENCODER, TINY_SENTENCE_ENCODER, build_tiny_causal, build_tiny_encoder,
+                               tiny_sentence_encoder)
 
 TEXTS = ["Great value, works as described.", "Terrible.", "The committee met on Tuesday to discuss the budget.",
          "meh", "I love it, honestly the best purchase of the year!"]
@@ -70,6 +71,7 @@ class Case:
 CASES = [
     Case("encoder-2-labels", "encoder", TINY_ENCODER, "yesno"),
     Case("encoder-5-labels", "encoder", TINY_ENCODER, "stars"),
+    Case("sentence-encoder-3-labels", "sentence-encoder", TINY_SENTENCE_ENCODER, "sentiment"),
     Case("causal-1-token-labels", "causal", TINY_CAUSAL, "sentiment"),
     Case("causal-multi-token-labels", "causal", TINY_CAUSAL, "weather"),
 ]
@@ -82,7 +84,8 @@ by_id = {"ids": lambda c: c.id}
 def tiny_bases(tmp_path_factory):
     """Both tiny bases, registered in BASE_MODELS for this module only."""
     root = tmp_path_factory.mktemp("tiny-bases")
-    specs = [build_tiny_encoder(root / "encoder"), build_tiny_causal(root / "causal")]
+    encoder = build_tiny_encoder(root / "encoder")
+    specs = [encoder, tiny_sentence_encoder(encoder), build_tiny_causal(root / "causal")]
     with pytest.MonkeyPatch.context() as mp:
         for spec in specs:
             mp.setitem(BASE_MODELS, spec.name, spec)
@@ -190,7 +193,7 @@ def test_training_moves_only_lora_and_saved_modules(case, trained):
     trainable = {name for name, (_, grad) in run.before.items() if grad}
     assert trainable == {name for name in run.before if _is_adapter_param(name)}
     assert any("lora_B" in name for name in trainable)
-    assert any(".modules_to_save." in name for name in trainable) == (case.kind == "encoder")
+    assert any(".modules_to_save." in name for name in trainable) == (case.kind != "causal")  # the head
     assert run.result.trainable_params == sum(run.before[n][0].numel() for n in trainable)
 
     after = {name: p.detach().cpu() for name, p in run.model.named_parameters()}  # trained on cuda, if there is one
@@ -219,7 +222,9 @@ def test_causal_training_examples_mask_the_prompt(case, tiny_bases, splits):
 
 
 # --- 4. the pool: mixed-adapter batches -----------------------------------------------------------
-POOL_CASES = [("encoder", TINY_ENCODER, ["yesno", "stars"]), ("causal", TINY_CAUSAL, ["sentiment", "weather"])]
+POOL_CASES = [("encoder", TINY_ENCODER, ["yesno", "stars"]),
+              ("sentence-encoder", TINY_SENTENCE_ENCODER, ["yesno", "sentiment"]),
+              ("causal", TINY_CAUSAL, ["sentiment", "weather"])]
 
 
 def _random_adapter(root: Path, base: str, domain: str, seed: int) -> Path:
@@ -306,7 +311,7 @@ def _devices_with_bf16() -> list:
 
 
 @pytest.mark.parametrize("device", _devices_with_bf16())
-@pytest.mark.parametrize("case", [CASES[1], CASES[2]], **by_id)
+@pytest.mark.parametrize("case", [CASES[2], CASES[3]], **by_id)  # the default encoder and a causal LM
 def test_bf16_training_saves_fp32_weights_and_predicts_like_fp32(case, device, tiny_bases, splits, tmp_path):
     inputs = _inputs(case.base, "bf16")
     inputs = inputs.model_copy(update={"compute": Compute(device=device, precision="bf16")})

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from lora_pipeline.registry.promotion import CHALLENGER, CHAMPION, decide_promotion
@@ -21,3 +22,63 @@ def test_promotion_rule(adapter, base, margin, champion, expected):
     assert f"{adapter:.4f}" in decision.reason and f"{base:.4f}" in decision.reason
     if champion is not None:
         assert "v3" in decision.reason
+
+
+# --- significance: a paired bootstrap over the test rows ------------------------------------------
+def _rows(wrong_a: range, wrong_b: range, n: int = 400) -> tuple[list[str], list[str], list[str]]:
+    """Two labels, ``n`` rows; model A wrong on the rows ``wrong_a``, B on ``wrong_b``."""
+    truth = ["pos" if i % 2 else "neg" for i in range(n)]
+    flip = {"pos": "neg", "neg": "pos"}
+    a = [flip[t] if i in wrong_a else t for i, t in enumerate(truth)]
+    b = [flip[t] if i in wrong_b else t for i, t in enumerate(truth)]
+    return truth, a, b
+
+
+@pytest.mark.parametrize("wrong_a, wrong_b, verdict", [
+    (range(0, 100), range(0, 100), "tie"),  # the same predictions: exactly 0, interval [0, 0]
+    (range(0, 100), range(60, 161), "noise"),  # one row apart, 81 disagreements each way: spans 0
+    (range(0, 40), range(0, 100), "better"),  # 60 rows better: the interval is above 0
+    (range(0, 160), range(0, 100), "worse"),
+])
+def test_paired_bootstrap_interval(wrong_a, wrong_b, verdict):
+    from sklearn.metrics import f1_score
+
+    from lora_pipeline.evaluation.significance import paired_bootstrap
+
+    truth, a, b = _rows(wrong_a, wrong_b)
+    d = paired_bootstrap(truth, a, b, ["neg", "pos"], samples=500)
+    expected = (f1_score(truth, a, average="macro") - f1_score(truth, b, average="macro"))
+    assert d.diff == pytest.approx(expected, abs=1e-6)  # the point estimate is scikit-learn's
+    assert d.low <= d.diff <= d.high and d.n_rows == 400
+    assert {"tie": d.low == d.high == 0, "noise": d.low < 0 < d.high, "better": d.low > 0,
+            "worse": d.high < 0}[verdict]
+
+
+def test_a_label_a_resample_misses_scores_like_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    from lora_pipeline.evaluation.significance import _macro_f1_per_sample
+
+    truth, pred = np.array([[0, 0, 1, 1, 1]]), np.array([[0, 1, 1, 1, 0]])  # label 2 never true nor predicted
+    ours = _macro_f1_per_sample(truth, pred, 3)[0]
+    assert ours == pytest.approx(f1_score(truth[0], pred[0], labels=[0, 1, 2], average="macro", zero_division=0))
+
+
+def _difference(low: float, high: float) -> "Difference":
+    from lora_pipeline.evaluation.significance import Difference
+
+    return Difference(diff=(low + high) / 2, low=low, high=high, confidence=0.95, n_rows=400, samples=1000)
+
+
+@pytest.mark.parametrize("low, high, tolerance, expected, says", [
+    (0.010, 0.060, 0.01, CHAMPION, "not worse"),  # clearly better than the champion on the same rows
+    (-0.008, 0.030, 0.01, CHAMPION, "not worse"),  # within the non-inferiority margin
+    (-0.028, 0.032, 0.01, CHALLENGER, "statistically indistinguishable, held back"),  # +0.002: noise
+    (-0.080, -0.020, 0.01, CHALLENGER, "worse"),
+    (-0.028, 0.032, 0.05, CHAMPION, "not worse"),  # a looser margin lets it through
+])
+def test_the_champion_comparison_is_on_the_same_rows_and_must_survive_the_noise(low, high, tolerance, expected, says):
+    decision = decide_promotion(0.70, 0.40, 0.02, champion_f1=0.90, champion_version="3",  # recorded F1 ignored
+                                vs_champion=_difference(low, high), champion_tolerance=tolerance)
+    assert decision.alias == expected
+    assert "v3 rescored on the same rows" in decision.reason and says in decision.reason

@@ -147,3 +147,17 @@ def test_the_run_summary_states_tfidf_wins_and_the_row_cap():
     rows = summary_rows({"movie": result(0.75, 0.78, 800, 8000), "nyt": result(0.70, 0.30, 500, 500)}, {})
     assert findings(rows) == ["movie: TF-IDF beats the adapter on movie (0.78 vs 0.75); trained on 800 of 8000 "
                               "train rows (all rows: ~10 min; --set split.max_train_rows=0)"]
+
+
+@pytest.mark.parametrize("n_train, overrides, expected", [
+    (800, [], (150, 50)),  # VADER's cap: 3 epochs of 50 steps
+    (374, [], (150, 24)),  # 374 reviews: 24 steps an epoch; 3 epochs (72 steps) stretched to train.min_steps
+    (80, [], (50, 5)),  # a tiny domain: at most 10 epochs, however few its steps
+    (2000, [], (375, 125)),  # more rows than the cap's: train.epochs as set
+    (374, ["train.min_steps=0"], (72, 24)),  # the rule off: exactly train.epochs
+    (374, ["train.max_steps=7"], (7, 7)),  # max_steps wins over everything
+])
+def test_small_domains_get_more_epochs_up_to_min_steps(n_train, overrides, expected):
+    from lora_pipeline.training.trainer import _schedule
+
+    assert _schedule(n_train, load_config(overrides=overrides, env={}).train) == expected

@@ -170,7 +170,7 @@ def test_cli_predict_uses_the_same_path_and_answers_the_same(cfg, http, capsys):
     ({"items": [{"domain": "amazon", "text": "ok"}, {"domain": "cooking", "text": "a"}]}, 404, "cooking"),
     ({"domain": "amazon", "texts": []}, 422, "at least 1"),
     ({"domain": "amazon", "texts": ["x"] * 65}, 422, "at most 64"),
-    ({"domain": "amazon", "texts": ["x" * 2001]}, 422, "at most 2000 characters"),
+    ({"domain": "amazon", "texts": ["x" * 20001]}, 422, "at most 20000 characters"),
     ({"domain": "amazon", "texts": ["ok"], "mode": "fast"}, 422, "mode"),
     ({"domain": "amazon"}, 422, "texts"),
     ({"texts": ["ok"]}, 422, "domain"),
@@ -184,11 +184,15 @@ def test_bad_requests_get_a_4xx_that_says_why(http, body, status, says):
 
 
 def test_hostile_bodies_are_refused_without_echoing_them(http):
-    big = http.post("/predict", json={"domain": "amazon", "texts": ["x" * 1_100_000]})  # over api.max_body_bytes
+    big = http.post("/predict", json={"domain": "amazon", "texts": ["x" * 2_200_000]})  # over api.max_body_bytes
     assert big.status_code == 413 and len(big.content) < 200
-    long = http.post("/predict", json={"domain": "amazon", "texts": ["y" * 2001]})
-    assert long.status_code == 422 and "at most 2000 characters" in long.text
+    long = http.post("/predict", json={"domain": "amazon", "texts": ["y" * 20001]})
+    assert long.status_code == 422 and "at most 20000 characters" in long.text
     assert "y" * 50 not in long.text and len(long.content) < 2000  # names the field, does not copy the input
+    key = http.post("/predict", json={"domain": "amazon", "texts": ["ok"], "k" * 500_000: 1})  # an unknown key
+    assert key.status_code == 422 and "k" * 65 not in key.text and len(key.content) < 2000
+    article = http.post("/predict", json={"domain": "amazon", "texts": ["A long news article. " * 900]})
+    assert article.status_code == 200  # 18,900 characters: one text; the model reads its head and tail
     surrogate = http.post("/predict", content=b'{"domain": "amazon", "texts": ["\\ud800"]}',
                           headers={"content-type": "application/json"})
     assert surrogate.status_code == 422 and "texts" in surrogate.text
@@ -251,6 +255,8 @@ def test_new_champions_load_without_restart_and_a_broken_one_never_serves(http, 
     assert any(f.startswith(f"{name} v3:") for f in report["failed"]) or _failed_version(http, "tweets") == "3"
     assert _served_version(http, "tweets") == "2"
     assert _failed_version(http, "tweets") == "3"
+    error = _adapter_row(http, "tweets")["error"]["message"]
+    assert str(cfg.project_dir) not in error and cfg.tracking_uri not in error  # no path, no store address
     [p] = http.post("/predict", json={"domain": "tweets", "texts": ["so happy today"]}).json()["predictions"]
     assert p["model_version"] == "2"
 

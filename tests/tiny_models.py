@@ -17,6 +17,7 @@ from transformers import (AutoTokenizer, BertConfig, BertModel, LlamaConfig, Lla
 from lora_pipeline.models.bases import BaseModelSpec
 
 TINY_ENCODER = "tiny-bert"
+TINY_SENTENCE_ENCODER = "tiny-sentence-bert"  # the same weights, read by mean pooling (MiniLM's kind)
 TINY_CAUSAL = "tiny-llama"
 
 # Text the causal tokenizer learns its merges from. The sentiment labels are frequent, so each of
@@ -45,6 +46,14 @@ def build_tiny_encoder(folder: Path, seed: int = 0) -> BaseModelSpec:
     return BaseModelSpec(name=TINY_ENCODER, kind="encoder", package="", module="", params_millions=1.0,
                          lora_targets=("query", "value"), modules_to_save=("classifier", "pooler.dense"),
                          source="dir", local_dir=str(folder), max_positions=128)
+
+
+def tiny_sentence_encoder(encoder: BaseModelSpec) -> BaseModelSpec:
+    """The tiny BERT of ``encoder`` as a sentence encoder: its head reads the mean of the token states."""
+    return BaseModelSpec(name=TINY_SENTENCE_ENCODER, kind="sentence-encoder", package="", module="",
+                         params_millions=1.0, lora_targets=("query", "value"),
+                         modules_to_save=("classifier", "pooler.dense"),
+                         source="dir", local_dir=encoder.local_dir, max_positions=128)
 
 
 def build_tiny_causal(folder: Path, seed: int = 0) -> BaseModelSpec:

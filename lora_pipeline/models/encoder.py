@@ -1,9 +1,12 @@
-"""Kind ``encoder``: a sentence encoder (BERT family) with a classification head per adapter.
+"""Kinds ``encoder`` and ``sentence-encoder``: a BERT-family encoder with a classification head per adapter.
 
-Training: LoRA on the attention projections, the new head (and the pooler) trained in full; the best
-checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the mean-pooled text
-embedding to an embedding of each label's description. Serving: every adapter's head is zero-padded to
-one shared width, and each row's logits are cut back to its own labels before the softmax.
+The two differ only in what the head reads. ``encoder``: BERT's pooler (dense + tanh) on the [CLS] state.
+``sentence-encoder``: the same pooler layer on the mask-weighted mean of the last hidden states, which is
+how a sentence encoder such as all-MiniLM-L6-v2 was trained to represent a text (its [CLS] state never was).
+Training: LoRA on the attention projections, the new head and the pooler's dense layer trained in full;
+the best checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the
+mean-pooled text embedding to an embedding of each label's description. Serving: every adapter's head is
+zero-padded to one shared width, and each row's logits are cut back to its own labels before the softmax.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 import torch
 from peft import TaskType
 from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, BatchEncoding,
-                          DataCollatorWithPadding)
+                          BertForSequenceClassification, DataCollatorWithPadding)
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lora_pipeline.models.bases import LOAD_LOCK, base_model_path, load_tokenizer
 from lora_pipeline.models.compute import model_device
@@ -69,7 +73,37 @@ def describe_label(label: str, descriptions: dict[str, str], template: str) -> s
     return template.format(label=words or label)
 
 
-def _classifier(spec, labels: list[str], dropout: float | None = None) -> torch.nn.Module:
+def _masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each row's real (unpadded) token states: a row's vector does not depend on its batch."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class MeanPooledBertClassifier(BertForSequenceClassification):
+    """BERT whose head reads the mean of the last hidden states, through BERT's pooler layer (dense + tanh,
+    trained with the head), instead of the [CLS] state.
+
+    Measured on the held-out sets (README): mean pooling alone lifted BBC News (0.949 -> 0.974 macro-F1)
+    but lost on forum posts (rec 0.958 -> 0.924); the trained dense layer on the mean kept both (0.973,
+    0.952). The loss (unweighted cross-entropy; the Trainer's weighted one replaces it when classes are
+    weighted) and the outputs are those of ``BertForSequenceClassification``."""
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, **kwargs) -> SequenceClassifierOutput:
+        kwargs.pop("return_dict", None)  # peft passes it; the output is always a ModelOutput
+        hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True,
+                           **kwargs).last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
+        pooled = torch.tanh(self.bert.pooler.dense(_masked_mean(hidden, attention_mask)))
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def _classifier(spec, labels: list[str], dropout: float | None = None,
+                model_class=AutoModelForSequenceClassification) -> torch.nn.Module:
     """The base with a fresh classification head sized for ``labels`` (head size is fixed at load).
 
     ``dropout`` replaces BERT's hidden and attention dropout; the new head keeps the config's rate
@@ -81,7 +115,7 @@ def _classifier(spec, labels: list[str], dropout: float | None = None) -> torch.
         rates = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout,
                  "classifier_dropout": config.classifier_dropout or config.hidden_dropout_prob}
     with LOAD_LOCK:
-        return AutoModelForSequenceClassification.from_pretrained(
+        return model_class.from_pretrained(
             path, num_labels=len(labels), id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)}, use_safetensors=True, **rates)
 
@@ -91,22 +125,21 @@ def _embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: in
     """Mean-pooled, L2-normalised token embeddings: how all-MiniLM-L6-v2 makes sentence vectors."""
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     for rows, batch in padded_batches(tokenizer, texts, [max_length] * len(texts), batch_size, model_device(encoder)):
-        hidden = encoder(**batch).last_hidden_state.float()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        pooled = _masked_mean(encoder(**batch).last_hidden_state.float(), batch["attention_mask"])
         out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
     return out
 
 
 class EncoderClassifier(ModelKind):
     name: ClassVar[str] = "encoder"
+    model_class: ClassVar[type] = AutoModelForSequenceClassification  # the head on BERT's [CLS] pooler
     task_type = TaskType.SEQ_CLS
     checkpoint_metric = "macro_f1"
     greater_is_better = True
     baselines = ("base",)
 
     def load_base(self, spec, labels, cache_dir, dropout=None):
-        return _classifier(spec, labels, dropout)
+        return _classifier(spec, labels, dropout, self.model_class)
 
     def training_data(self, tokenizer, splits, max_length, instruction):
         label_ids = {label: i for i, label in enumerate(splits.labels)}
@@ -170,7 +203,7 @@ class EncoderClassifier(ModelKind):
         return {"base": [labels[i] for i in (text_vecs @ label_vecs.T).argmax(axis=1)]}
 
     def pool_base(self, spec, max_labels, cache_dir):
-        return _classifier(spec, [f"slot{i}" for i in range(max_labels)])
+        return _classifier(spec, [f"slot{i}" for i in range(max_labels)], model_class=self.model_class)
 
     def pool_weights(self, weights, n_labels, width):
         """Zero-pad the head's weight/bias rows from ``n_labels`` to ``width`` (the extra logits are cut off)."""
@@ -182,3 +215,10 @@ class EncoderClassifier(ModelKind):
                 grown[:n_labels] = tensor
                 padded[key] = grown
         return padded
+
+
+class SentenceEncoderClassifier(EncoderClassifier):
+    """A sentence encoder (trained to be read by mean pooling): the head reads the mean of its token states."""
+
+    name: ClassVar[str] = "sentence-encoder"
+    model_class: ClassVar[type] = MeanPooledBertClassifier

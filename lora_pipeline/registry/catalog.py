@@ -44,6 +44,9 @@ def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:
         "config": tags.get(schema.CONFIG_SHA256, "")[:12],
         "code": tags.get(schema.CODE_VERSION, ""),
         "decision": tags.get(schema.PROMOTION_DECISION, ""),
+        # The champion of the time on this version's test rows, and this version minus it (with its interval).
+        "champion_rescored": tags.get(schema.CHAMPION_RESCORED_MACRO_F1, ""),
+        "vs_champion": tags.get(schema.VS_CHAMPION, ""),
     }
 
 

@@ -26,7 +26,7 @@ class AdapterClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.adapter: LoadedAdapter = load_adapter(context.artifacts["adapter"])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         texts = model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
         probs = self.adapter.predict_proba(texts)
         labels = self.adapter.meta.labels

@@ -12,16 +12,24 @@ the same adapter deletes it and registers again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 
-from lora_pipeline.config import PipelineConfig, PromotionConfig
+from lora_pipeline.config import Compute, PipelineConfig
 from lora_pipeline.data.prepare import DomainSplits, PreparedData
-from lora_pipeline.models.adapters import verify_checksums
+from lora_pipeline.errors import RegistryError
+from lora_pipeline.evaluation.metrics import classification_metrics
+from lora_pipeline.evaluation.significance import Difference, paired_bootstrap
+from lora_pipeline.models.adapters import load_adapter, verify_checksums
+from lora_pipeline.ops.locks import exclusive
 from lora_pipeline.provenance import adapter_key, code_version, training_inputs
 from lora_pipeline.registry import schema
+from lora_pipeline.registry.artifacts import download_adapter
 from lora_pipeline.registry.champions import AUTO, set_champion
 from lora_pipeline.registry.promotion import PromotionDecision, decide_promotion
 from lora_pipeline.registry.tracking import log_domain_run, setup_tracking
@@ -47,36 +55,79 @@ def register_version(name: str, model_uri: str, provenance: dict[str, str]) -> s
     return str(mlflow.register_model(model_uri, name, tags=provenance).version)
 
 
-def promote_version(client: MlflowClient, name: str, version: str, evaluation: DomainEvaluation,
-                    promotion: PromotionConfig) -> PromotionDecision:
-    """Apply the rule against the current champion; store the decision and its numbers on the version."""
-    champion = schema.champion_version(client, name)
-    champion_f1 = float(client.get_run(champion.run_id).data.metrics["adapter_macro_f1"]) if champion else None
-    decision = decide_promotion(
-        adapter_f1=evaluation.macro_f1("adapter"),
-        base_f1=evaluation.macro_f1("base"),
-        margin=promotion.min_gain_over_base,
-        champion_f1=champion_f1,
-        champion_version=champion.version if champion else None,
-        tfidf_f1=evaluation.macro_f1("tfidf"),
-        tfidf_tolerance=promotion.max_loss_to_tfidf,
-        domain=evaluation.domain,
-    )
-    for key, value in {
-        "adapter_macro_f1": f"{evaluation.macro_f1('adapter'):.4f}",
-        "base_macro_f1": f"{evaluation.macro_f1('base'):.4f}",
-        "tfidf_macro_f1": f"{evaluation.macro_f1('tfidf'):.4f}",
-        schema.PROMOTION_DECISION: decision.alias,
-        schema.PROMOTION_REASON: decision.reason,
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
-    if decision.alias == schema.CHAMPION:
-        client.set_model_version_tag(name, version, schema.PREVIOUS_CHAMPION,
-                                     str(champion.version) if champion else "none")
-        set_champion(client, name, version, AUTO, decision.reason)
-    else:
-        client.set_registered_model_alias(name, schema.CHALLENGER, version)
-    return decision
+def champion_predictions(client: MlflowClient, cfg: PipelineConfig, name: str, champion: ModelVersion,
+                         evaluation: DomainEvaluation, texts: list[str]) -> list[str]:
+    """The current champion's labels for ``texts`` (the new version's test rows), loaded as serving loads it:
+    from the registry, its files checked against the registered digest, in the run's precision."""
+    if champion.tags.get(schema.LABELS, "").split(",") != evaluation.labels:
+        raise RegistryError(f"its labels ({champion.tags.get(schema.LABELS, '?')}) differ from this version's")
+    adapter_dir = download_adapter(client, cfg.tracking_uri, name, champion.version,
+                                   cfg.work_dir / "champions" / name / f"v{champion.version}")
+    verify_checksums(adapter_dir, champion.tags.get(schema.ADAPTER_SHA256))
+    adapter = load_adapter(adapter_dir, cfg.base.cache_dir, Compute(device=evaluation.device,
+                                                                    precision=evaluation.precision))
+    return adapter.predict(texts, batch_size=cfg.eval.batch_size)
+
+
+def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, version: str,
+                    evaluation: DomainEvaluation) -> PromotionDecision:
+    """Apply the rule against the current champion, rescored on this version's test rows; store the decision
+    and its numbers on the version. One promotion of ``name`` at a time, across processes: the champion
+    read here is still the champion when the decision is written."""
+    promotion = cfg.promotion
+    test = pd.read_json(Path(evaluation.artifacts_dir) / "predictions.jsonl", lines=True, dtype=False)
+    truth, ours = test["label"].astype(str).tolist(), test["adapter_pred"].astype(str).tolist()
+
+    def interval(theirs: list[str]) -> Difference:
+        return paired_bootstrap(truth, ours, theirs, evaluation.labels, promotion.bootstrap_samples,
+                                promotion.confidence, cfg.split.seed)
+
+    intervals = {model: interval(test[f"{model}_pred"].astype(str).tolist())
+                 for model in evaluation.metrics if model != "adapter" and f"{model}_pred" in test}
+    with exclusive(cfg.work_dir / "locks", f"promote-{name}"):
+        champion = schema.champion_version(client, name)
+        champion_f1 = float(client.get_run(champion.run_id).data.metrics["adapter_macro_f1"]) if champion else None
+        vs_champion, rescored, not_rescored = None, {}, ""
+        if champion is not None and promotion.rescore_champion:
+            try:
+                theirs = champion_predictions(client, cfg, name, champion, evaluation, test["text"].astype(str).tolist())
+                vs_champion = interval(theirs)
+                rescored_f1 = classification_metrics(truth, theirs, evaluation.labels)["macro_f1"]
+                rescored = {schema.CHAMPION_RESCORED_MACRO_F1: f"{rescored_f1:.4f}",
+                            schema.VS_CHAMPION: f"v{champion.version}: {vs_champion.reads()}"}
+            except Exception as exc:  # noqa: BLE001 - fall back to the recorded figure, and say why
+                not_rescored = f"champion v{champion.version} not rescored: {type(exc).__name__}: {exc}".splitlines()[0]
+        decision = decide_promotion(
+            adapter_f1=evaluation.macro_f1("adapter"),
+            base_f1=evaluation.macro_f1("base"),
+            margin=promotion.min_gain_over_base,
+            champion_f1=champion_f1,
+            champion_version=champion.version if champion else None,
+            tfidf_f1=evaluation.macro_f1("tfidf"),
+            tfidf_tolerance=promotion.max_loss_to_tfidf,
+            domain=evaluation.domain,
+            vs_champion=vs_champion,
+            champion_tolerance=promotion.max_loss_to_champion,
+            intervals=intervals,
+        )
+        reason = f"{decision.reason}; {not_rescored}" if not_rescored else decision.reason
+        for key, value in {
+            "adapter_macro_f1": f"{evaluation.macro_f1('adapter'):.4f}",
+            "base_macro_f1": f"{evaluation.macro_f1('base'):.4f}",
+            "tfidf_macro_f1": f"{evaluation.macro_f1('tfidf'):.4f}",
+            **{f"{schema.VS_PREFIX}{model}": d.reads() for model, d in intervals.items()},
+            **rescored,
+            schema.PROMOTION_DECISION: decision.alias,
+            schema.PROMOTION_REASON: reason[:5000],  # MLflow's tag value limit
+        }.items():
+            client.set_model_version_tag(name, version, key, value)
+        if decision.alias == schema.CHAMPION:
+            client.set_model_version_tag(name, version, schema.PREVIOUS_CHAMPION,
+                                         str(champion.version) if champion else "none")
+            set_champion(client, name, version, AUTO, reason[:1000])
+        else:
+            client.set_registered_model_alias(name, schema.CHALLENGER, version)
+    return PromotionDecision(decision.alias, reason)
 
 
 def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: PreparedData, splits: DomainSplits,
@@ -119,7 +170,7 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
     try:
         for tag, value in model_tags.items():
             client.set_registered_model_tag(name, tag, value)
-        decision = promote_version(client, name, version, evaluation, cfg.promotion)
+        decision = promote_version(client, cfg, name, version, evaluation)
         client.set_model_version_tag(name, version, schema.REGISTRATION, schema.COMPLETE)  # the last write
     except Exception:
         # Nothing half-done stays registered: drop the version that did not get its decision and alias.

@@ -41,6 +41,9 @@ DEVICE = "device"  # "cpu" or "cuda": where it was trained and evaluated
 PROMOTION_DECISION = "promotion_decision"
 PROMOTION_REASON = "promotion_reason"
 PREVIOUS_CHAMPION = "previous_champion"
+VS_PREFIX = "vs_"  # + model ("base", "tfidf", ...): adapter minus that model on the test rows, with its interval
+VS_CHAMPION = VS_PREFIX + CHAMPION  # the same against the champion of the time, rescored on these rows
+CHAMPION_RESCORED_MACRO_F1 = "champion_rescored_macro_f1"  # that champion's macro-F1 on these rows
 
 # Tags on runs
 DOMAIN_RUN_PREFIX = "domain_run/"  # + domain_dirname(domain), on a parent run -> the run holding that domain's evaluation

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -19,6 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.data.prepare import DomainSplits, PreparedData
+from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.provenance import code_version
@@ -62,6 +64,24 @@ def setup_tracking(cfg: PipelineConfig) -> str:
         return client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
     except MlflowException:  # created meanwhile by a concurrent process
         return client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+
+
+def check_store(cfg: PipelineConfig) -> None:
+    """One cheap call to the tracking store before any data is prepared: a store that cannot be written or
+    reached stops the run with one line, instead of a traceback after training."""
+    uri = cfg.tracking_uri
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        for what, path in (("the folder of", db.parent), ("the artifact folder of", cfg.artifact_root.parent)):
+            if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+                raise RegistryError(f"tracking store {uri}: {what} the store, {path}, is not a writable folder")
+        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+            raise RegistryError(f"tracking store {uri}: {db} is not writable")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - whatever the store says, the run cannot go on
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise RegistryError(f"tracking store {uri} cannot be used ({reason})") from exc
 
 
 def this_process() -> str:

@@ -16,9 +16,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS, plot_confusion_matrix
+from lora_pipeline.evaluation.significance import bootstrap_interval
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.promotion import tfidf_verdict, tfidf_wins
 from lora_pipeline.registry.tracking import setup_tracking
@@ -100,6 +103,7 @@ class DomainResult:
     version: str = ""
     decision: str = ""
     reason: str = ""  # the promotion rule's numbers, e.g. "challenger: TF-IDF beats the adapter on ..."
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> 95 % bootstrap macro-F1
 
 
 @dataclass
@@ -150,8 +154,8 @@ def collect_comparison(client, run_id: str) -> RunComparison:
         for key, domain_run_id in sorted(domain_runs.items()):
             run = client.get_run(domain_run_id)
             domain = run.data.tags.get(schema.DOMAIN, key)  # the tag key holds a safe form of the name
-            local = client.download_artifacts(domain_run_id, "evaluation/evaluation.json", tmp)
-            evaluation = json.loads(Path(local).read_text())
+            local = client.download_artifacts(domain_run_id, "evaluation", tmp)
+            evaluation = json.loads((Path(local) / "evaluation.json").read_text())
             comparison.domains.append(DomainResult(
                 domain=domain,
                 run_id=domain_run_id,
@@ -162,8 +166,19 @@ def collect_comparison(client, run_id: str) -> RunComparison:
                 version=run.data.tags.get(schema.REGISTERED_VERSION, ""),
                 decision=run.data.tags.get(schema.PROMOTION_DECISION, ""),
                 reason=run.data.tags.get(schema.PROMOTION_REASON, ""),
+                intervals=_intervals(Path(local) / "predictions.jsonl", evaluation["labels"]),
             ))
     return comparison
+
+
+def _intervals(predictions: Path, labels: list[str]) -> dict[str, tuple[float, float]]:
+    """Per model, the bootstrap interval of its test macro-F1 (none for runs logged without predictions)."""
+    if not predictions.is_file():
+        return {}
+    rows = pd.read_json(predictions, lines=True, dtype=False)
+    truth = rows["label"].astype(str).tolist()
+    return {column.removesuffix("_pred"): bootstrap_interval(truth, rows[column].astype(str).tolist(), labels)
+            for column in rows.columns if column.endswith("_pred")}
 
 
 def _iso(ms: int | None) -> str:
@@ -173,8 +188,9 @@ def _iso(ms: int | None) -> str:
 
 
 def plot_grouped_bars(values: dict[str, dict[str, float]], names: dict[str, str], ylabel: str, title: str,
-                      path: str | Path) -> Path:
-    """One group of bars per domain, one bar per model (in ``names`` order), value printed on each bar."""
+                      path: str | Path, errors: dict[str, dict[str, tuple[float, float]]] | None = None) -> Path:
+    """One group of bars per domain, one bar per model (in ``names`` order), value printed on each bar;
+    ``errors``: domain -> model -> (low, high) drawn as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on servers or CI
@@ -188,7 +204,10 @@ def plot_grouped_bars(values: dict[str, dict[str, float]], names: dict[str, str]
     for i, model in enumerate(models):
         xs = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
         ys = [values[g].get(model, np.nan) for g in groups]
-        bars = ax.bar(xs, ys, width, label=names[model])
+        spans = [(errors or {}).get(g, {}).get(model) for g in groups]
+        yerr = (np.array([[y - s[0] if s else 0 for y, s in zip(ys, spans)],
+                          [s[1] - y if s else 0 for y, s in zip(ys, spans)]]).clip(min=0) if errors else None)
+        bars = ax.bar(xs, ys, width, label=names[model], yerr=yerr, capsize=2, error_kw={"lw": 0.8})
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel(ylabel)
@@ -254,9 +273,11 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
     ]
     if not comparison.domains:
         return blocks + [("p", "This run has no evaluated domain.")]
+    errors = {d.domain: d.intervals for d in comparison.domains}
     chart = plot_grouped_bars(comparison.scores("macro_f1"), names, "macro-F1",
-                              "Test macro-F1 per domain", out_dir / "quality_macro_f1.png")
-    blocks.append(("img", chart, "macro-F1 per domain and model"))
+                              "Test macro-F1 per domain (error bars: 95 % bootstrap over the test rows)",
+                              out_dir / "quality_macro_f1.png", errors)
+    blocks.append(("img", chart, "macro-F1 per domain and model, with bootstrap intervals"))
     for metric in ("macro_f1", "accuracy"):
         blocks += [("h2", metric), ("table", [
             {"domain": d, **{names[m]: f"{v:.3f}" for m, v in by_model.items()},

@@ -35,6 +35,7 @@ from lora_pipeline.serving.service import ChampionService, Prediction
 log = logging.getLogger("lora_pipeline.api")
 API_KEY_HEADER = "X-API-Key"
 MAX_REPORTED_ERRORS = 10  # a 422 names at most this many fields
+MAX_FIELD_NAME = 64  # ... each by at most this many characters (an unknown key may be a megabyte long)
 
 
 # --- dependencies: what a route needs, from the app's state ------------------------------------------
@@ -95,8 +96,8 @@ class BodyLimit:
 def compact_validation_errors(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each field at fault and what is wrong, without echoing the input back (FastAPI's default
     handler copies it, once per member of a union body)."""
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-              for e in exc.errors()[:MAX_REPORTED_ERRORS]]
+    errors = [{"loc": [part if isinstance(part, int) else str(part)[:MAX_FIELD_NAME] for part in e.get("loc", ())],
+               "msg": e.get("msg", "")[:200], "type": e.get("type", "")} for e in exc.errors()[:MAX_REPORTED_ERRORS]]
     return JSONResponse(status_code=422, content={"detail": errors})
 
 

@@ -10,17 +10,13 @@ previous one serving, and the failure is reported by :meth:`ChampionService.adap
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
-from mlflow.models import Model
 
 from lora_pipeline.config import PipelineConfig
 from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
@@ -28,6 +24,7 @@ from lora_pipeline.models.adapters import verify_checksums
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.models.compute import compute_for
 from lora_pipeline.registry import schema
+from lora_pipeline.registry.artifacts import download_adapter
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
 # Run metrics shown next to each served adapter in GET /adapters.
@@ -114,14 +111,21 @@ class ChampionService:
                 try:
                     self._swap(domain, self._load(domain, name, version))
                 except Exception as exc:  # keep serving the previous version; say why in /adapters
-                    # One line, without this machine's paths (it is shown by GET /adapters).
-                    error = f"{type(exc).__name__}: {exc}".splitlines()[0].replace(str(self._download_root), "<serving>")
+                    error = self.public_error(exc)  # shown by GET /adapters
                     self.failures = {**self.failures, domain: LoadFailure(name, version, error, _now())}
                     report.failed.append(f"{name} v{version}: {error}")
                     continue
                 report.loaded.append(f"{name} v{version}")
             self.last_reload_at = _now()
         return report
+
+    def public_error(self, exc: BaseException) -> str:
+        """One line naming the error, without this machine's paths or the tracking store's address."""
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        for private, shown in ((self.cfg.tracking_uri, "<registry>"), (str(self._download_root), "<serving>"),
+                               (str(self.cfg.artifact_root), "<artifacts>"), (str(self.cfg.project_dir), "<project>")):
+            message = message.replace(private, shown)
+        return message[:300]
 
     def _swap(self, domain: str, new: ServedAdapter | None) -> None:
         old = self.served.get(domain)
@@ -153,22 +157,8 @@ class ChampionService:
 
     def fetch_adapter(self, name: str, version: str) -> Path:
         """The version's adapter folder, downloaded once into work_dir/serving/<name>/v<version>."""
-        target = self._download_root / name / f"v{version}"
-        if not (target / "MLmodel").is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=target.parent))
-            try:
-                uri = self.client.get_model_version_download_uri(name, version)
-                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging),
-                                                            tracking_uri=self.cfg.tracking_uri)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(local, target)  # all or nothing: a half download is never reused
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        artifacts = Model.load(str(target)).flavors.get("python_function", {}).get("artifacts", {})
-        if "adapter" not in artifacts:
-            raise AdapterLoadError(f"{name} v{version}: the model has no 'adapter' artifact (not logged by lora-pipeline?)")
-        return target / artifacts["adapter"]["path"]
+        return download_adapter(self.client, self.cfg.tracking_uri, name, version,
+                                self._download_root / name / f"v{version}")
 
     # -- prediction -------------------------------------------------------------------------------
     def check_domains(self, domains: list[str]) -> None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import (EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments,
+                          set_seed)
 
 from lora_pipeline.config import BaseModelConfig, TrainConfig, TrainingInputs
 from lora_pipeline.data.prepare import DomainSplits
@@ -29,8 +30,9 @@ from lora_pipeline.evaluation.metrics import classification_metrics
 from lora_pipeline.models import ModelKind, kind_of
 from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model,
                                            count_parameters, save_adapter)
-from lora_pipeline.models.bases import base_model_path, get_spec, load_tokenizer
+from lora_pipeline.models.bases import base_model_path, check_lengths, get_spec, load_tokenizer
 from lora_pipeline.models.text_length import ChosenLength, choose_max_length
+from lora_pipeline.ops.console import log_details_to
 from lora_pipeline.ops.isolation import call_in_child_process
 
 # One training at a time per process, from seeding to the last step. Two HF Trainers in two threads share
@@ -64,21 +66,67 @@ class TrainedAdapter:
     train_rows_available: int = 0  # the rows the domain's train split had before split.max_train_rows
 
 
+class ProgressLine(TrainerCallback):
+    """One console line per logging step and per validation of a domain's training (instead of the
+    Trainer's progress bar and log dicts, which interleave when two domains train at once)."""
+
+    def __init__(self, domain: str):
+        self.domain, self.started = domain, time.perf_counter()
+
+    def _print(self, state, extra: str = "") -> None:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / state.global_step * (state.max_steps - state.global_step) if state.global_step else 0.0
+        print(f"train {self.domain}: step {state.global_step}/{state.max_steps}, epoch {state.epoch or 0:.1f}/"
+              f"{state.num_train_epochs:g}{extra}, {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._print(state, f", loss {logs['loss']:.3f}")
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        score = (metrics or {}).get(f"eval_{args.metric_for_best_model}")
+        self._print(state, f", val {args.metric_for_best_model} {score:.3f}" if score is not None else "")
+
+
+MAX_EPOCHS_FOR_MIN_STEPS = 10  # train.min_steps never makes a tiny domain loop over its rows more often
+
+
 def _schedule(n_train: int, train: TrainConfig) -> tuple[int, int]:
-    """(total optimizer steps, evaluate/save every N steps): once per epoch, or once at the end."""
+    """(total optimizer steps, evaluate/save every N steps): once per epoch, or once at the end.
+
+    train.epochs, or more epochs for a small domain, so that it gets train.min_steps steps (at most 10
+    epochs): 374 reviews at batch 16 are 24 steps an epoch, and 3 epochs would be 72 steps."""
     steps_per_epoch = max(1, math.ceil(n_train / train.batch_size))
-    total = train.max_steps if train.max_steps > 0 else math.ceil(train.epochs * steps_per_epoch)
+    if train.max_steps > 0:
+        total = train.max_steps
+    else:
+        epochs = max(train.epochs, min(MAX_EPOCHS_FOR_MIN_STEPS, train.min_steps / steps_per_epoch))
+        total = math.ceil(epochs * steps_per_epoch)
     return total, min(steps_per_epoch, total)
+
+
+class EarlyStoppingAfterMinSteps(EarlyStoppingCallback):
+    """HF's early stopping, counting only evaluations after ``min_steps``: on a small domain the first
+    epochs' validation scores (50 texts: one text is 2 %) say little about where training ends up."""
+
+    def __init__(self, patience: int, min_steps: int):
+        super().__init__(patience)
+        self.min_steps = min_steps
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        super().on_evaluate(args, state, control, metrics, **kwargs)
+        if state.global_step < self.min_steps:
+            self.early_stopping_patience_counter = 0
+            control.should_training_stop = False
 
 
 def resolve_max_length(tokenizer, splits: DomainSplits, base: BaseModelConfig) -> ChosenLength:
     """base.max_length, or for 'auto' the length chosen from the domain's train texts (text_length.py)."""
-    spec = get_spec(base.name)
+    check_lengths(base)
     texts = splits.read("train")["text"].tolist()
     if base.max_length == "auto":
-        return choose_max_length(tokenizer, texts, base.length_coverage, base.max_length_cap or spec.length_budget)
-    if base.max_length > spec.max_positions:
-        raise ConfigError(f"base.max_length={base.max_length}: {base.name} has {spec.max_positions} positions")
+        return choose_max_length(tokenizer, texts, base.length_coverage,
+                                 base.max_length_cap or get_spec(base.name).length_budget)
     return choose_max_length(tokenizer, texts, 1.0, base.max_length)  # the fixed length, and what it cuts
 
 
@@ -127,13 +175,17 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
         dataloader_pin_memory=compute.device == "cuda",  # faster host-to-GPU copies; nothing to pin for a CPU
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         report_to="none",
+        disable_tqdm=True,  # ProgressLine prints one line per step logged instead
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the kind's examples hold exactly what the model takes
     )
-    stopping = [EarlyStoppingCallback(train.early_stopping_patience)] if train.early_stopping_patience else []
+    stopping = ([EarlyStoppingAfterMinSteps(train.early_stopping_patience, min(train.min_steps, total_steps))]
+                if train.early_stopping_patience else [])
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-                      compute_metrics=kind.compute_metrics(splits.labels), callbacks=stopping,
+                      compute_metrics=kind.compute_metrics(splits.labels),
+                      callbacks=[*stopping, ProgressLine(splits.domain)],
                       compute_loss_func=kind.loss_function(class_weights))
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -209,8 +261,15 @@ def train_in_own_process(splits: DomainSplits, inputs: TrainingInputs, output_di
     if multiprocessing.current_process().daemon:  # a Dask worker: already its own process, and may not fork
         return train_adapter(splits, inputs, output_dir)
     base_model_path(inputs.base.name, inputs.base.cache_dir)  # a GGUF base converts once, here, not per child
-    return call_in_child_process(train_adapter, splits, inputs, str(output_dir),
+    return call_in_child_process(_train_logged, splits, inputs, str(output_dir),
                                  what=f"the training process of domain '{splits.domain}'")
+
+
+def _train_logged(splits: DomainSplits, inputs: TrainingInputs, output_dir: str) -> TrainedAdapter:
+    """:func:`train_adapter` with the libraries' output in ``output_dir/train.log`` (the console gets
+    the progress lines)."""
+    log_details_to(Path(output_dir) / "train.log", console=False)
+    return train_adapter(splits, inputs, output_dir)
 
 
 @dataclass

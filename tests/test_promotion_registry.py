@@ -1,0 +1,100 @@
+"""Promotion on a real registry: the champion is rescored on the new version's own test rows, the gate
+reads the bootstrap interval of the difference, and two promotions of one model at once cannot both read
+the same champion (real MLflow on SQLite, a real tiny adapter trained by the real flow)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from lora_pipeline.config import load_config
+from lora_pipeline.evaluation.evaluate import DomainEvaluation
+from lora_pipeline.registry import schema
+from lora_pipeline.registry.champions import champion_history
+from lora_pipeline.registry.register import promote_version
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, vader_csv, prefect_harness):
+    """tweets trained once by the flow (v1, champion)."""
+    from flows.retrain import retrain
+
+    root = tmp_path_factory.mktemp("promotion")
+    # Only the champion comparison is under test: the base and TF-IDF rules let a tiny adapter through.
+    cfg = load_config(overrides=tiny_overrides(root) + [f"data.path={vader_csv}", "data.domains=[tweets]",
+                                                        "promotion.min_gain_over_base=-1", "promotion.max_loss_to_tfidf=1"])
+    retrain(config=cfg)
+    client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    assert str(schema.champion_version(client, "vader-tweets").version) == "1"
+    return cfg, client
+
+
+def _evaluation_of(cfg) -> DomainEvaluation:
+    [path] = (cfg.work_dir / "adapters").rglob("evaluation.json")
+    return DomainEvaluation(**json.loads(path.read_text()))
+
+
+def _copy_of(client: MlflowClient, name: str, version: str) -> str:
+    """A new pending version holding the same adapter as ``version`` (same weights, same test rows)."""
+    source = client.get_model_version(name, version)
+    tags = {**source.tags, schema.REGISTRATION: schema.PENDING}
+    for key in (schema.PROMOTION_DECISION, schema.PROMOTION_REASON, schema.PREVIOUS_CHAMPION):
+        tags.pop(key, None)
+    return str(client.create_model_version(name, source.source, run_id=source.run_id, tags=tags).version)
+
+
+@pytest.mark.fault
+def test_two_promotions_at_once_leave_one_champion_and_a_chained_history(project):
+    cfg, client = project
+    name, evaluation = "vader-tweets", _evaluation_of(cfg)
+    versions = [_copy_of(client, name, "1"), _copy_of(client, name, "1")]
+    start, decisions, errors = threading.Barrier(2), {}, []
+
+    def run(version: str) -> None:
+        try:
+            start.wait()  # both read-decide-write sequences begin together
+            decisions[version] = promote_version(client, cfg, name, version, evaluation)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    # Each compared itself with the champion of its time, rescored on its own test rows: the same adapter,
+    # so the difference is exactly 0 [0, 0] and both are "not worse".
+    for version in versions:
+        tags = client.get_model_version(name, version).tags
+        assert tags[schema.PROMOTION_DECISION] == schema.CHAMPION, tags[schema.PROMOTION_REASON]
+        assert tags[schema.CHAMPION_RESCORED_MACRO_F1] == tags["adapter_macro_f1"]
+        assert "+0.0000 [+0.0000, +0.0000]" in tags[schema.VS_CHAMPION]
+        assert schema.VS_PREFIX + "base" in tags and schema.VS_PREFIX + "tfidf" in tags
+    # Serialized: the second read the first's champion, not v1 (without the lock both read v1).
+    events = [e for e in champion_history(client, name) if e.action == "auto"][-2:]  # the two racing promotions
+    assert sorted(e.version for e in events) == versions
+    assert [e.previous for e in events] == ["1", events[0].version]
+    assert str(client.get_registered_model(name).aliases[schema.CHAMPION]) == events[1].version
+
+
+def test_a_champion_that_cannot_be_rescored_falls_back_to_its_recorded_figure_and_says_why(project):
+    cfg, client = project
+    name = "vader-tweets"
+    champion = schema.champion_version(client, name)
+    client.set_model_version_tag(name, champion.version, schema.LABELS, "negative,positive")  # another task
+    try:
+        version = _copy_of(client, name, "1")
+        decision = promote_version(client, cfg, name, version, _evaluation_of(cfg))
+    finally:
+        client.set_model_version_tag(name, champion.version, schema.LABELS, "negative,neutral,positive")
+    assert f"champion v{champion.version} not rescored" in decision.reason and "labels" in decision.reason
+    assert "on its own test split (not rescored)" in decision.reason
+    assert schema.VS_CHAMPION not in client.get_model_version(name, version).tags
