@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     apply_runtime_env()
     args = build_parser().parse_args(argv)
+    _LOG_FILE.clear()  # a second command in one process has a log file only if it opens one
     try:
         return args.func(args)
     except PipelineError as exc:  # bad input/config or failed domains: one line; details are in the log
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a store or library error (MLflow, SQLAlchemy, I/O): one line, the traceback logged
         if not _LOG_FILE and not _from_a_store(exc):
             raise  # a bug in a command without a log file: the traceback is the report
-        log.error("%s", exc, exc_info=True)
+        if _LOG_FILE:
+            log.error("%s", exc, exc_info=True)
         print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
               f"{_see_log()}", file=sys.stderr)
         return 1

@@ -208,8 +208,12 @@ class PromotionConfig(_Section):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the bootstrap intervals.")
     bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the test rows.")
     rescore_champion: bool = Field(
-        True, description="Score the current champion on the new version's test split before deciding (same rows "
-        "for both); false = compare with the champion's recorded macro-F1 on its own, older split.")
+        True, description="Score the current champion on the new version's test rows that it never trained or "
+        "validated on (same rows for both) before deciding; false = compare with the champion's recorded macro-F1 "
+        "on its own, older split.")
+    min_rescored_rows: int = Field(
+        30, ge=1, description="Fewer such rows than this: no fair comparison; the champion's recorded macro-F1 "
+        "decides, and the reason says so.")
 
 
 class TrackingConfig(_Section):
@@ -375,17 +379,33 @@ class EvaluationInputs(_Section):
         return sha256_json(self.model_dump(mode="json"))
 
 
+def _is_text_field(key: str) -> bool:
+    """True when ``key`` (section.key) names a text setting (str, or str | None)."""
+    model, parts = PipelineConfig, key.split(".")
+    for part in parts[:-1]:
+        field = model.model_fields.get(part)
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+    field = model.model_fields.get(parts[-1])
+    return field is not None and field.annotation in (str, str | None)
+
+
 def _parse_override(item: str) -> tuple[str, Any]:
     """``section.key=value`` -> (key, value parsed as YAML: ints, floats, bools, lists "[a,b]", null).
 
-    A value YAML would read as plain text keeps its text as typed: 'a #b' is not 'a' plus a comment, and
-    'C: x' is not a mapping (quote it to have YAML's reading)."""
+    A text setting keeps the value as typed ('2019', '01', 'yes', 'a #b', 'C: x' stay those strings; quote it
+    to have YAML's reading; 'null' still resets an optional one), and so does a value YAML would read as plain
+    text with a '#' or ': ' in it."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
     key, text = key.strip(), raw.strip()
     if not text:
         return key, ""
+    quoted = text[0] in "'\""
+    if _is_text_field(key) and not quoted and text not in ("null", "~"):
+        return key, text
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -393,7 +413,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
             return key, text
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"override '{key}': value {raw!r} is not valid YAML ({problem})") from None
-    if (isinstance(value, str) or isinstance(value, dict) and text[0] != "{") and text[0] not in "'\"":
+    if (isinstance(value, str) or isinstance(value, dict) and text[0] != "{") and not quoted:
         return key, text
     return key, value
 

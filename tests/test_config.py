@@ -90,6 +90,9 @@ def test_tracking_setup_does_not_redirect_the_next_config(tmp_path, monkeypatch)
         (["--set", "data.path=C: x.csv"], ("data", "path"), "C: x.csv"),  # ... and its ': '
         (["--set", "data.name=2019"], ("data", "name"), "2019"),  # a number for a text key is that text
         (["--set", "data.name='#1'"], ("data", "name"), "#1"),  # quoted: YAML's reading
+        (["--set", "data.name=01"], ("data", "name"), "01"),  # a text key keeps the text as typed
+        (["--set", "data.label_col=yes"], ("data", "label_col"), "yes"),
+        (["--set", "data.domain_col=null"], ("data", "domain_col"), None),  # ... but null still resets it
     ],
 )
 def test_cli_flags_are_values_and_only_set_is_parsed(argv, key, expected):

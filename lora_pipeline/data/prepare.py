@@ -130,6 +130,12 @@ def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
+def text_key(text: str) -> str:
+    """A short hash of a text as the leakage check sees it (case and spacing ignored): what a registered
+    version records of the texts it trained on, so a later comparison can leave them out."""
+    return hashlib.sha256(_normalise(text).encode()).hexdigest()[:16]
+
+
 def _cap(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     """Proportional per-label sample down to about ``max_rows`` (keeps every label represented)."""
     if max_rows <= 0 or len(df) <= max_rows:

@@ -43,6 +43,16 @@ def _macro_f1_per_sample(truth: np.ndarray, pred: np.ndarray, n_labels: int) -> 
     return f1 / n_labels
 
 
+def _resamples(n: int, samples: int, seed: int, cells: int = 2_000_000):
+    """``samples`` draws of ``n`` row positions with replacement, a block of at most ``cells`` at a time (1000
+    resamples of 50,000 rows at once would be 400 MB per array)."""
+    if n == 0:
+        raise ValueError("no rows to resample")
+    rng, per_block = np.random.default_rng(seed), max(1, cells // n)
+    for start in range(0, samples, per_block):
+        yield rng.integers(0, n, size=(min(per_block, samples - start), n))
+
+
 def _label_ids(values: Sequence, labels: Sequence[str]) -> np.ndarray:
     index = {label: i for i, label in enumerate(labels)}
     return np.array([index.get(x, -1) for x in values])
@@ -52,8 +62,7 @@ def bootstrap_interval(truth: Sequence, pred: Sequence, labels: Sequence[str], s
                        confidence: float = 0.95, seed: int = 42) -> tuple[float, float]:
     """The percentile interval of one model's macro-F1 over resamples of the test rows (the report's error bars)."""
     y, p = _label_ids(truth, labels), _label_ids(pred, labels)
-    rows = np.random.default_rng(seed).integers(0, len(y), size=(samples, len(y)))
-    f1 = _macro_f1_per_sample(y[rows], p[rows], len(labels))
+    f1 = np.concatenate([_macro_f1_per_sample(y[rows], p[rows], len(labels)) for rows in _resamples(len(y), samples, seed)])
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(f1, [tail, 100 - tail])
     return round(float(low), 6), round(float(high), 6)
@@ -64,10 +73,9 @@ def paired_bootstrap(truth: Sequence, pred_a: Sequence, pred_b: Sequence, labels
     """macro-F1(A) - macro-F1(B) on these rows, and its percentile interval over ``samples`` resamples."""
     y, a, b = (_label_ids(values, labels) for values in (truth, pred_a, pred_b))
     n = len(y)
-    rows = np.random.default_rng(seed).integers(0, n, size=(samples, n))
-    diffs = np.concatenate([  # in chunks: 1000 resamples of 5,000 rows would be 40 MB per array at once
-        _macro_f1_per_sample(y[chunk], a[chunk], len(labels)) - _macro_f1_per_sample(y[chunk], b[chunk], len(labels))
-        for chunk in np.array_split(rows, max(1, samples * n // 2_000_000))])
+    diffs = np.concatenate([
+        _macro_f1_per_sample(y[rows], a[rows], len(labels)) - _macro_f1_per_sample(y[rows], b[rows], len(labels))
+        for rows in _resamples(n, samples, seed)])
     observed = float(_macro_f1_per_sample(y[None], a[None], len(labels))[0]
                      - _macro_f1_per_sample(y[None], b[None], len(labels))[0])
     tail = (1 - confidence) / 2 * 100

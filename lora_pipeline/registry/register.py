@@ -11,6 +11,9 @@ the same adapter deletes it and registers again.
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,20 +22,22 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from lora_pipeline.config import Compute, PipelineConfig
-from lora_pipeline.data.prepare import DomainSplits, PreparedData
-from lora_pipeline.errors import RegistryError
+from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
+from lora_pipeline.errors import AdapterLoadError, RegistryError
 from lora_pipeline.evaluation.metrics import classification_metrics
 from lora_pipeline.evaluation.significance import Difference, paired_bootstrap
-from lora_pipeline.models.adapters import load_adapter, verify_checksums
+from lora_pipeline.models import kind_of
+from lora_pipeline.models.adapters import AdapterMeta, load_adapter, verify_checksums
 from lora_pipeline.ops.locks import exclusive
-from lora_pipeline.provenance import adapter_key, code_version, training_inputs
+from lora_pipeline.provenance import adapter_key, code_version, evaluation_inputs, training_inputs
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.artifacts import download_adapter
 from lora_pipeline.registry.champions import AUTO, set_champion
 from lora_pipeline.registry.promotion import PromotionDecision, decide_promotion
-from lora_pipeline.registry.tracking import log_domain_run, setup_tracking
+from lora_pipeline.registry.tracking import SEEN_TEXTS_ARTIFACT, log_domain_run, setup_tracking
 
 if TYPE_CHECKING:
     from lora_pipeline.evaluation.evaluate import DomainEvaluation
@@ -55,48 +60,93 @@ def register_version(name: str, model_uri: str, provenance: dict[str, str]) -> s
     return str(mlflow.register_model(model_uri, name, tags=provenance).version)
 
 
-def champion_predictions(client: MlflowClient, cfg: PipelineConfig, name: str, champion: ModelVersion,
-                         evaluation: DomainEvaluation, texts: list[str]) -> list[str]:
-    """The current champion's labels for ``texts`` (the new version's test rows), loaded as serving loads it:
-    from the registry, its files checked against the registered digest, in the run's precision."""
-    if champion.tags.get(schema.LABELS, "").split(",") != evaluation.labels:
-        raise RegistryError(f"its labels ({champion.tags.get(schema.LABELS, '?')}) differ from this version's")
-    adapter_dir = download_adapter(client, cfg.tracking_uri, name, champion.version,
-                                   cfg.work_dir / "champions" / name / f"v{champion.version}")
-    verify_checksums(adapter_dir, champion.tags.get(schema.ADAPTER_SHA256))
+@dataclass(frozen=True)
+class RescoredChampion:
+    rows: list[int]  # positions in the new test split that the champion never trained or validated on
+    predictions: list[str]  # its labels for those rows
+    kind: str  # its adapter's kind: a kind this base no longer has cannot be served
+
+
+def _unseen_rows(client: MlflowClient, champion: ModelVersion, texts: list[str]) -> list[int]:
+    """Positions of ``texts`` the champion did not learn from: not in its train/val texts (hashes logged with
+    it); for a champion logged before those hashes, only texts that were in its own test split."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            seen = json.loads(Path(client.download_artifacts(champion.run_id, SEEN_TEXTS_ARTIFACT, tmp)).read_text())
+            excluded = set(seen["train"]) | set(seen["val"])
+            return [i for i, t in enumerate(texts) if text_key(t) not in excluded]
+        except (MlflowException, OSError):
+            old = pd.read_json(client.download_artifacts(champion.run_id, "evaluation/predictions.jsonl", tmp),
+                               lines=True, dtype=False)
+            tested = {text_key(t) for t in old["text"].astype(str)}
+            return [i for i, t in enumerate(texts) if text_key(t) in tested]
+
+
+def rescore_champion(client: MlflowClient, cfg: PipelineConfig, name: str, champion: ModelVersion,
+                     evaluation: DomainEvaluation, texts: list[str]) -> RescoredChampion:
+    """The current champion's labels for the new test rows it never learned from, loaded as serving loads it:
+    from the registry (a bad local copy fetched once more), its files checked against the registered digest,
+    in the run's precision."""
+    target = cfg.work_dir / "champions" / name / f"v{champion.version}"
+    registered = champion.tags.get(schema.ADAPTER_SHA256)
+    adapter_dir = download_adapter(client, cfg.tracking_uri, name, champion.version, target)
+    try:
+        verify_checksums(adapter_dir, registered)
+    except AdapterLoadError:
+        shutil.rmtree(target, ignore_errors=True)
+        adapter_dir = download_adapter(client, cfg.tracking_uri, name, champion.version, target)
+        verify_checksums(adapter_dir, registered)
+    meta = AdapterMeta.load(adapter_dir)
+    if list(meta.labels) != list(evaluation.labels):
+        raise RegistryError(f"its labels ({', '.join(meta.labels)}) differ from this version's")
+    rows = _unseen_rows(client, champion, texts)
+    if meta.kind != kind_of(cfg.base.name).name or len(rows) < cfg.promotion.min_rescored_rows:
+        return RescoredChampion(rows, [], meta.kind)
     adapter = load_adapter(adapter_dir, cfg.base.cache_dir, Compute(device=evaluation.device,
                                                                     precision=evaluation.precision))
-    return adapter.predict(texts, batch_size=cfg.eval.batch_size)
+    batch_size = adapter.kind.prediction_batch_size(evaluation_inputs(cfg))
+    return RescoredChampion(rows, adapter.predict([texts[i] for i in rows], batch_size=batch_size), meta.kind)
 
 
 def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, version: str,
                     evaluation: DomainEvaluation) -> PromotionDecision:
-    """Apply the rule against the current champion, rescored on this version's test rows; store the decision
-    and its numbers on the version. One promotion of ``name`` at a time, across processes: the champion
-    read here is still the champion when the decision is written."""
+    """Apply the rule against the current champion, rescored on this version's test rows that it never learned
+    from; store the decision and its numbers on the version. One promotion of ``name`` at a time, across
+    processes: the champion read here is still the champion when the decision is written."""
     promotion = cfg.promotion
     test = pd.read_json(Path(evaluation.artifacts_dir) / "predictions.jsonl", lines=True, dtype=False)
     truth, ours = test["label"].astype(str).tolist(), test["adapter_pred"].astype(str).tolist()
 
-    def interval(theirs: list[str]) -> Difference:
-        return paired_bootstrap(truth, ours, theirs, evaluation.labels, promotion.bootstrap_samples,
-                                promotion.confidence, cfg.split.seed)
+    def interval(theirs: list[str], rows: list[int] | None = None) -> Difference:
+        rows = list(range(len(truth))) if rows is None else rows
+        return paired_bootstrap([truth[i] for i in rows], [ours[i] for i in rows], theirs, evaluation.labels,
+                                promotion.bootstrap_samples, promotion.confidence, cfg.split.seed)
 
     intervals = {model: interval(test[f"{model}_pred"].astype(str).tolist())
                  for model in evaluation.metrics if model != "adapter" and f"{model}_pred" in test}
     with exclusive(cfg.work_dir / "locks", f"promote-{name}"):
         champion = schema.champion_version(client, name)
         champion_f1 = float(client.get_run(champion.run_id).data.metrics["adapter_macro_f1"]) if champion else None
-        vs_champion, rescored, not_rescored = None, {}, ""
+        vs_champion, rescored, note = None, {}, ""
         if champion is not None and promotion.rescore_champion:
             try:
-                theirs = champion_predictions(client, cfg, name, champion, evaluation, test["text"].astype(str).tolist())
-                vs_champion = interval(theirs)
-                rescored_f1 = classification_metrics(truth, theirs, evaluation.labels)["macro_f1"]
-                rescored = {schema.CHAMPION_RESCORED_MACRO_F1: f"{rescored_f1:.4f}",
-                            schema.VS_CHAMPION: f"v{champion.version}: {vs_champion.reads()}"}
+                found = rescore_champion(client, cfg, name, champion, evaluation, test["text"].astype(str).tolist())
+                if found.kind != kind_of(cfg.base.name).name:  # e.g. MiniLM's [CLS]-pooled adapters before 2026-12
+                    champion_f1 = None
+                    note = (f"champion v{champion.version} is a {found.kind} adapter, which this version's server "
+                            "cannot load: replaced by any version that earns it")
+                elif not found.predictions:
+                    note = (f"champion v{champion.version} not rescored: only {len(found.rows)} of the new test "
+                            f"rows are texts it never trained on (promotion.min_rescored_rows: "
+                            f"{promotion.min_rescored_rows})")
+                else:
+                    vs_champion = interval(found.predictions, found.rows)
+                    rescored_f1 = classification_metrics([truth[i] for i in found.rows], found.predictions,
+                                                         evaluation.labels)["macro_f1"]
+                    rescored = {schema.CHAMPION_RESCORED_MACRO_F1: f"{rescored_f1:.4f}",
+                                schema.VS_CHAMPION: f"v{champion.version}: {vs_champion.reads()}"}
             except Exception as exc:  # noqa: BLE001 - fall back to the recorded figure, and say why
-                not_rescored = f"champion v{champion.version} not rescored: {type(exc).__name__}: {exc}".splitlines()[0]
+                note = f"champion v{champion.version} not rescored: {type(exc).__name__}: {exc}".splitlines()[0]
         decision = decide_promotion(
             adapter_f1=evaluation.macro_f1("adapter"),
             base_f1=evaluation.macro_f1("base"),
@@ -110,7 +160,7 @@ def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, versio
             champion_tolerance=promotion.max_loss_to_champion,
             intervals=intervals,
         )
-        reason = f"{decision.reason}; {not_rescored}" if not_rescored else decision.reason
+        reason = f"{decision.reason}; {note}" if note else decision.reason
         for key, value in {
             "adapter_macro_f1": f"{evaluation.macro_f1('adapter'):.4f}",
             "base_macro_f1": f"{evaluation.macro_f1('base'):.4f}",

@@ -19,7 +19,7 @@ from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
 from lora_pipeline.config import PipelineConfig, domain_dirname
-from lora_pipeline.data.prepare import DomainSplits, PreparedData
+from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS
 from lora_pipeline.models.bases import get_spec
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from lora_pipeline.training.trainer import TrainedAdapter
 
 MODEL_ARTIFACT = "adapter"
+SEEN_TEXTS_ARTIFACT = "data/seen_texts.json"  # {"train": [text_key, ...], "val": [...]}
 # What a registered version needs to load: the libraries and the package that carries the base.
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors==0.8.0", "pandas"]
 
@@ -62,23 +63,25 @@ def setup_tracking(cfg: PipelineConfig) -> str:
         artifact_location = cfg.artifact_root.as_uri()
     try:
         return client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
-    except MlflowException:  # created meanwhile by a concurrent process
-        return client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    except MlflowException:
+        created = client.get_experiment_by_name(cfg.tracking.experiment)  # by a concurrent process meanwhile?
+        if created is None:  # no: the store refused the write (read-only, full, ...)
+            raise
+        return created.experiment_id
 
 
 def check_store(cfg: PipelineConfig) -> None:
-    """One cheap call to the tracking store before any data is prepared: a store that cannot be written or
-    reached stops the run with one line, instead of a traceback after training."""
+    """Before any data is prepared: the tracking store can be reached, read and written (a tag on the
+    experiment is written, so a read-only store fails here too), or the run stops with one line."""
     uri = cfg.tracking_uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        for what, path in (("the folder of", db.parent), ("the artifact folder of", cfg.artifact_root.parent)):
+    db = uri.removeprefix("sqlite:///")
+    if db != uri and "?" not in db and not db.startswith("file:"):  # a plain SQLite path (not a URI with options)
+        for what, path in (("the folder of", Path(db).parent), ("the artifact folder of", cfg.artifact_root.parent)):
             if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
                 raise RegistryError(f"tracking store {uri}: {what} the store, {path}, is not a writable folder")
-        if db.exists() and not os.access(db, os.R_OK | os.W_OK):
-            raise RegistryError(f"tracking store {uri}: {db} is not writable")
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        experiment_id = setup_tracking(cfg)
+        MlflowClient().set_experiment_tag(experiment_id, "lora_pipeline.store_checked_at", this_process())
     except Exception as exc:  # noqa: BLE001 - whatever the store says, the run cannot go on
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         raise RegistryError(f"tracking store {uri} cannot be used ({reason})") from exc
@@ -184,6 +187,9 @@ def log_domain_run(cfg: PipelineConfig, parent_run_id: str, splits: DomainSplits
         mlflow.log_params({**_flat_params(cfg), **provenance})
         mlflow.log_metrics(domain_metrics(trained, evaluation, splits))
         mlflow.log_artifacts(evaluation.artifacts_dir, artifact_path="evaluation")
+        # Hashes of the texts this adapter learned from: a later version's comparison leaves them out.
+        mlflow.log_dict({split: [text_key(t) for t in splits.read(split)["text"]] for split in ("train", "val")},
+                        SEEN_TEXTS_ARTIFACT)
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_ENTRY),  # models-from-code: no pickle in the artifact

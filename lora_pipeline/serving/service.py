@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 
@@ -122,8 +123,10 @@ class ChampionService:
     def public_error(self, exc: BaseException) -> str:
         """One line naming the error, without this machine's paths or the tracking store's address."""
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        host = urlparse(self.cfg.tracking_uri).hostname  # urllib3 names it apart: host='10.0.0.5', port=5000
         for private, shown in ((self.cfg.tracking_uri, "<registry>"), (str(self._download_root), "<serving>"),
-                               (str(self.cfg.artifact_root), "<artifacts>"), (str(self.cfg.project_dir), "<project>")):
+                               (str(self.cfg.artifact_root), "<artifacts>"), (str(self.cfg.project_dir), "<project>"),
+                               *([(host, "<registry-host>")] if host else [])):
             message = message.replace(private, shown)
         return message[:300]
 
