@@ -32,6 +32,7 @@ def _write(tmp_path, name, content: bytes):
     return p
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     "make_input, overrides, message",
     [
@@ -57,6 +58,7 @@ def test_bad_files_give_one_line_naming_the_problem(tmp_path, make_input, overri
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     "df, overrides, message",
     [
@@ -141,6 +143,7 @@ def test_fingerprints_track_data_and_config(tmp_path):
     json.loads(first.to_json())
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("domain", ["../../../escaped", "a/b", "/etc", "..", "café/東京 2024", "x" * 100])
 def test_hostile_domain_values_never_leave_the_output_folder(tmp_path, domain):
     df = _table(domains=(domain, "ok"))
@@ -152,6 +155,7 @@ def test_hostile_domain_values_never_leave_the_output_folder(tmp_path, domain):
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     "domain, message",
     [("x" * 101, r"row 1: domain value in column 'domain' must be printable and at most 100 characters"),

@@ -165,6 +165,7 @@ def test_cli_predict_uses_the_same_path_and_answers_the_same(cfg, http, capsys):
     assert [p["model_version"] for p in printed] == ["1", "1"]
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("body, status, says", [
     ({"domain": "cooking", "texts": ["a"]}, 404, "unknown domain 'cooking'"),
     ({"items": [{"domain": "amazon", "text": "ok"}, {"domain": "cooking", "text": "a"}]}, 404, "cooking"),
@@ -183,6 +184,7 @@ def test_bad_requests_get_a_4xx_that_says_why(http, body, status, says):
     assert says in response.text
 
 
+@pytest.mark.fault
 def test_hostile_bodies_are_refused_without_echoing_them(http):
     big = http.post("/predict", json={"domain": "amazon", "texts": ["x" * 2_200_000]})  # over api.max_body_bytes
     assert big.status_code == 413 and len(big.content) < 200
