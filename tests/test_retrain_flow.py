@@ -138,14 +138,22 @@ def test_a_failing_domain_does_not_lose_the_others(tmp_path, vader_csv, prefect_
     ],
 )
 def test_bad_input_stops_before_training_and_registers_nothing(
-    tmp_path, prefect_harness, capsys, content, extra, message
+    tmp_path, prefect_harness, content, extra, message
 ):
+    import contextlib
+    import io
+
     bad = tmp_path / "bad.csv"
     bad.write_text(content)
-    assert _run_cli(tmp_path, bad, *extra) == 1
-    last = capsys.readouterr().err.strip().splitlines()[-1]
+    stderr = io.StringIO()  # not capsys: see test_faults.py's store test
+    with contextlib.redirect_stderr(stderr):
+        assert _run_cli(tmp_path, bad, *extra) == 1
+    last = stderr.getvalue().strip().splitlines()[-1]
     assert last.startswith(f"error: {bad}:") and message in last
-    assert not (tmp_path / "mlflow.db").exists()  # prepare failed before tracking started
+    # The store was checked (it exists now), but prepare failed before any run was opened or anything registered.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
     assert not (tmp_path / ".lora_pipeline" / "adapters").exists()
 
 

@@ -74,6 +74,7 @@ def check_store(cfg: PipelineConfig) -> None:
     """Before any data is prepared: the tracking store can be reached, read and written (a tag on the
     experiment is written, so a read-only store fails here too), or the run stops with one line."""
     uri = cfg.tracking_uri
+    cfg.project_dir.mkdir(parents=True, exist_ok=True)  # the default store's folder: the run writes here anyway
     db = uri.removeprefix("sqlite:///")
     if db != uri and "?" not in db and not db.startswith("file:"):  # a plain SQLite path (not a URI with options)
         for what, path in (("the folder of", Path(db).parent), ("the artifact folder of", cfg.artifact_root.parent)):
