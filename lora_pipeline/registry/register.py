@@ -131,7 +131,7 @@ def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, versio
         if champion is not None and promotion.rescore_champion:
             try:
                 found = rescore_champion(client, cfg, name, champion, evaluation, test["text"].astype(str).tolist())
-                if found.kind != kind_of(cfg.base.name).name:  # e.g. MiniLM's [CLS]-pooled adapters before 2026-12
+                if found.kind != kind_of(cfg.base.name).name:  # e.g. a base whose kind changed since (encoder -> sentence-encoder)
                     champion_f1 = None
                     note = (f"champion v{champion.version} is a {found.kind} adapter, which this version's server "
                             "cannot load: replaced by any version that earns it")
