@@ -219,10 +219,14 @@ STORE_FAULTS = [
 
 @pytest.mark.parametrize("case, uri, says", STORE_FAULTS, ids=[c[0] for c in STORE_FAULTS])
 def test_a_tracking_store_that_cannot_be_used_stops_the_run_before_any_work(case, uri, says, tmp_path, vader_csv,
-                                                                            prefect_harness):
+                                                                            prefect_harness, monkeypatch):
     import contextlib
     import io
     import time
+
+    # MLflow creates the parent folder of a sqlite:///file:...?uri=true path relative to the working directory
+    # ("file:/tmp/..."): keep it inside tmp_path, not in the checkout.
+    monkeypatch.chdir(tmp_path)
 
     (tmp_path / "a-file").write_text("not a folder")
     args = _cli_args(tmp_path, vader_csv, "--domains", "tweets", "--set", f"tracking.tracking_uri={uri(tmp_path)}")

