@@ -3,7 +3,7 @@
     lora-pipeline run [--domains a,b] [--data FILE --text-col C --label-col C --domain-col C]
     lora-pipeline deploy                     # serve the 'nightly' and 'rebuild' deployments
     lora-pipeline ui | stop                  # local Prefect + MLflow UIs on 127.0.0.1
-    lora-pipeline models list | compare D | history D | promote D V | rollback D
+    lora-pipeline models list | compare D [--on FILE] | history D | promote D V | rollback D
     lora-pipeline report [--run-id ID] [--out DIR] # per-domain comparison -> markdown/HTML, MLflow, Prefect
     lora-pipeline serve [--host H --port P]  # prediction API: every domain's champion on one base
     lora-pipeline predict --domain D "text" ...
@@ -122,7 +122,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(table.to_string(index=False) if len(table) else f"no models registered in {cfg.tracking_uri}")
         return 0
     name = catalog.model_name_for(client, cfg, args.domain)
-    if args.action == "compare":
+    if args.action == "compare" and args.on:
+        from lora_pipeline.registry.comparison import compare_on_file
+
+        _log_details(cfg)  # loading the base talks; the console keeps the table
+        table = compare_on_file(client, cfg, name, args.on)
+    elif args.action == "compare":
         table = catalog.compare_versions(client, name)
     elif args.action == "history":
         table = pd.DataFrame([vars(e) for e in champions.champion_history(client, name)]).fillna("-")
@@ -245,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = _command(actions, action, _cmd_models, help_text)
         if action != "list":
             cmd.add_argument("domain", help="domain (e.g. amazon) or full registered model name")
+        if action == "compare":
+            cmd.add_argument("--on", metavar="FILE", help="score every version on this labelled file (its rows of "
+                             "DOMAIN, or all rows without a domain column), side by side, against the champion")
         if action == "promote":
             cmd.add_argument("version", help="model version number")
             cmd.add_argument("--reason", default="", help="why (kept in the history)")

@@ -114,3 +114,43 @@ def test_a_champion_that_cannot_be_rescored_fairly_falls_back_to_its_recorded_fi
     assert "not rescored: only" in decision.reason and "promotion.min_rescored_rows: 1000" in decision.reason
     assert "on its own test split (not rescored)" in decision.reason
     assert schema.VS_CHAMPION not in client.get_model_version(name, version).tags
+
+
+def test_models_compare_on_a_users_file_scores_every_version_on_the_same_rows(project, tmp_path):
+    """`models compare tweets --on FILE`: every version on the file's rows, side by side with the champion; rows
+    a version trained on are counted. Every version here holds v1's adapter: identical scores, a zero difference."""
+    import contextlib
+    import io
+
+    from lora_pipeline.cli import main
+    from lora_pipeline.registry.comparison import compare_on_file
+
+    cfg, client = project
+    [split_dir] = {p.parent for p in (cfg.work_dir / "prepared").rglob("test.jsonl")}
+    test, train = (pd.read_json(split_dir / f"{s}.jsonl", lines=True, dtype=False) for s in ("test", "train"))
+    traffic = pd.concat([test, train.head(7)]).assign(domain="tweets")  # 7 rows every version trained on
+    traffic = pd.concat([traffic, traffic.head(3).assign(domain="amazon")])  # another domain's rows: ignored
+    path = tmp_path / "traffic.csv"
+    traffic.to_csv(path, index=False)
+
+    table = compare_on_file(client, cfg, "vader-tweets", path)
+    versions = schema.versions_of(client, "vader-tweets")
+    assert sorted(table["version"]) == sorted(int(v.version) for v in versions)
+    assert (table["rows"] == len(test) + 7).all() and (table["seen_rows"] == 7).all()
+    assert table["macro_f1"].nunique() == 1  # the same adapter everywhere
+    champion = str(schema.champion_version(client, "vader-tweets").version)
+    others = table[table["version"].astype(str) != champion]
+    assert len(others) and (others["vs_champion"] == f"v{champion}: +0.0000 [+0.0000, +0.0000]").all()
+
+    overrides = [a for item in tiny_overrides(Path(cfg.runtime.project_dir)) for a in ("--set", item)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["models", "compare", "tweets", "--on", str(path), *overrides]) == 0
+    assert "macro_f1_interval" in printed.getvalue() and "vs_champion" in printed.getvalue()
+
+    bad = tmp_path / "bad.csv"
+    traffic.assign(label="sarcastic").to_csv(bad, index=False)
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors):
+        assert main(["models", "compare", "tweets", "--on", str(bad), *overrides]) == 1
+    assert "label 'sarcastic' is not one of vader-tweets" in errors.getvalue()

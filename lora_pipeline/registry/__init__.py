@@ -7,5 +7,7 @@ trail.
 - ``tracking``: runs (parent and per domain) and what is logged to them;
 - ``register``: registering a logged adapter and promoting it by the rule;
 - ``promotion``: the pure rule; ``champions``: promote / rollback / history; ``catalog``: tables for people;
+- ``comparison``: every version scored on a labelled file of the user's (``models compare --on``);
+- ``artifacts``: a version's adapter folder downloaded and verified;
 - ``mlflow_model``: the pyfunc model whose artifact is the adapter folder only.
 """

@@ -1,7 +1,7 @@
 """A registered version's adapter folder on local disk: downloaded once, all or nothing.
 
-Used by the server (its champions) and by promotion (the champion it rescores on the new test split).
-Only MLflow's artifact API: light enough for a server process.
+Used by the server (its champions), by promotion (the champion it rescores on the new test split) and by
+``models compare --on FILE``. Only MLflow's artifact API: light enough for a server process.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 from lora_pipeline.errors import AdapterLoadError
+from lora_pipeline.models.adapters import verify_checksums
+from lora_pipeline.registry import schema
 
 
 def download_adapter(client: MlflowClient, tracking_uri: str, name: str, version: str, target: Path) -> Path:
@@ -37,3 +39,17 @@ def download_adapter(client: MlflowClient, tracking_uri: str, name: str, version
     if "adapter" not in artifacts:
         raise AdapterLoadError(f"{name} v{version}: the model has no 'adapter' artifact (not logged by lora-pipeline?)")
     return target / artifacts["adapter"]["path"]
+
+
+def fetch_verified_adapter(client: MlflowClient, tracking_uri: str, name: str, version: str, target: Path) -> Path:
+    """:func:`download_adapter`, its files checked against the digest registered on the version; a local copy
+    that went bad is fetched once more (the registry's copy decides). Returns the adapter folder."""
+    registered = client.get_model_version(name, version).tags.get(schema.ADAPTER_SHA256)  # absent: pre-checksum
+    adapter_dir = download_adapter(client, tracking_uri, name, version, target)
+    try:
+        verify_checksums(adapter_dir, registered)
+    except AdapterLoadError:
+        shutil.rmtree(target, ignore_errors=True)
+        adapter_dir = download_adapter(client, tracking_uri, name, version, target)
+        verify_checksums(adapter_dir, registered)
+    return adapter_dir

@@ -12,7 +12,6 @@ the same adapter deletes it and registers again.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from mlflow.exceptions import MlflowException
 
 from lora_pipeline.config import Compute, PipelineConfig
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
-from lora_pipeline.errors import AdapterLoadError, RegistryError
+from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.metrics import classification_metrics
 from lora_pipeline.evaluation.significance import Difference, paired_bootstrap
 from lora_pipeline.models import kind_of
@@ -34,7 +33,7 @@ from lora_pipeline.models.adapters import AdapterMeta, load_adapter, verify_chec
 from lora_pipeline.ops.locks import exclusive
 from lora_pipeline.provenance import adapter_key, code_version, evaluation_inputs, training_inputs
 from lora_pipeline.registry import schema
-from lora_pipeline.registry.artifacts import download_adapter
+from lora_pipeline.registry.artifacts import fetch_verified_adapter
 from lora_pipeline.registry.champions import AUTO, set_champion
 from lora_pipeline.registry.promotion import PromotionDecision, decide_promotion
 from lora_pipeline.registry.tracking import SEEN_TEXTS_ARTIFACT, log_domain_run, setup_tracking
@@ -67,7 +66,7 @@ class RescoredChampion:
     kind: str  # its adapter's kind: a kind this base no longer has cannot be served
 
 
-def _unseen_rows(client: MlflowClient, champion: ModelVersion, texts: list[str]) -> list[int]:
+def unseen_rows(client: MlflowClient, champion: ModelVersion, texts: list[str]) -> list[int]:
     """Positions of ``texts`` the champion did not learn from: not in its train/val texts (hashes logged with
     it); for a champion logged before those hashes, only texts that were in its own test split."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,18 +87,11 @@ def rescore_champion(client: MlflowClient, cfg: PipelineConfig, name: str, champ
     from the registry (a bad local copy fetched once more), its files checked against the registered digest,
     in the run's precision."""
     target = cfg.work_dir / "champions" / name / f"v{champion.version}"
-    registered = champion.tags.get(schema.ADAPTER_SHA256)
-    adapter_dir = download_adapter(client, cfg.tracking_uri, name, champion.version, target)
-    try:
-        verify_checksums(adapter_dir, registered)
-    except AdapterLoadError:
-        shutil.rmtree(target, ignore_errors=True)
-        adapter_dir = download_adapter(client, cfg.tracking_uri, name, champion.version, target)
-        verify_checksums(adapter_dir, registered)
+    adapter_dir = fetch_verified_adapter(client, cfg.tracking_uri, name, champion.version, target)
     meta = AdapterMeta.load(adapter_dir)
     if list(meta.labels) != list(evaluation.labels):
         raise RegistryError(f"its labels ({', '.join(meta.labels)}) differ from this version's")
-    rows = _unseen_rows(client, champion, texts)
+    rows = unseen_rows(client, champion, texts)
     if meta.kind != kind_of(cfg.base.name).name or len(rows) < cfg.promotion.min_rescored_rows:
         return RescoredChampion(rows, [], meta.kind)
     adapter = load_adapter(adapter_dir, cfg.base.cache_dir, Compute(device=evaluation.device,

@@ -10,7 +10,6 @@ previous one serving, and the failure is reported by :meth:`ChampionService.adap
 from __future__ import annotations
 
 import itertools
-import shutil
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,12 +19,11 @@ from urllib.parse import urlparse
 from mlflow import MlflowClient
 
 from lora_pipeline.config import PipelineConfig
-from lora_pipeline.errors import AdapterLoadError, UnknownDomainError
-from lora_pipeline.models.adapters import verify_checksums
+from lora_pipeline.errors import UnknownDomainError
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.models.compute import compute_for
 from lora_pipeline.registry import schema
-from lora_pipeline.registry.artifacts import download_adapter
+from lora_pipeline.registry.artifacts import download_adapter, fetch_verified_adapter
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
 # Run metrics shown next to each served adapter in GET /adapters.
@@ -145,12 +143,8 @@ class ChampionService:
     def _load(self, domain: str, name: str, version: str) -> ServedAdapter:
         model_version = self.client.get_model_version(name, version)
         registered = model_version.tags.get(schema.ADAPTER_SHA256)  # absent on versions from before checksums
-        adapter_dir = self.fetch_adapter(name, version)
-        try:
-            verify_checksums(adapter_dir, registered)
-        except AdapterLoadError:  # this machine's copy went bad: fetch it once more; the registry's copy decides
-            shutil.rmtree(self._download_root / name / f"v{version}", ignore_errors=True)
-            adapter_dir = self.fetch_adapter(name, version)
+        adapter_dir = fetch_verified_adapter(self.client, self.cfg.tracking_uri, name, version,
+                                             self._download_root / name / f"v{version}")
         slot = f"slot{next(self._slots)}"
         meta = self.pool.add(slot, adapter_dir, expected_digest=registered)
         metrics = self.client.get_run(model_version.run_id).data.metrics if model_version.run_id else {}
