@@ -37,7 +37,8 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     values = {}
     # Named flags are shorthands for data.* and (serve) api.* keys.
     for flag, key in [("data", "data.path"), ("name", "data.name"), ("text_col", "data.text_col"), ("label_col", "data.label_col"),
-                      ("domain_col", "data.domain_col"), ("host", "api.host"), ("port", "api.port")]:
+                      ("domain_col", "data.domain_col"), ("split_col", "data.split_col"), ("host", "api.host"),
+                      ("port", "api.port")]:
         if getattr(args, flag, None) is not None:
             values[key] = getattr(args, flag)
     if getattr(args, "domains", None):
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--text-col", help="text column name")
     run.add_argument("--label-col", help="label column name")
     run.add_argument("--domain-col", help="domain column name")
+    run.add_argument("--split-col", help="column of train/val/test to keep (default: 'split' when present)")
     run.add_argument("--name", help="dataset name: models register as NAME-<domain> (default: the data file's stem)")
     _command(sub, "deploy", _cmd_deploy, "serve the 'nightly' (cron) and 'rebuild' deployments until stopped")
     _command(sub, "ui", _cmd_ui, "start the Prefect and MLflow UIs for this project in the background")

@@ -88,6 +88,10 @@ class DataConfig(_Section):
     domain_col: str | None = Field(
         None, description="Column naming the domain; one adapter per value. null = the column 'domain' if the file "
         "has one, else the whole file is one domain named 'all'.")
+    split_col: str | None = Field(
+        None, description="Column assigning each row to train / val / test (also: validation, valid, dev); the "
+        "data's own splits are kept instead of a random split (a domain without val rows gets them drawn from its "
+        "train rows). null = the column 'split' if the file has one, else a stratified random split.")
     domain_map: dict[str, str] = Field(
         default_factory=dict, description="Optional raw domain value -> domain name (unmapped values kept)."
     )

@@ -182,3 +182,54 @@ def test_a_table_without_a_domain_column_is_one_domain(tmp_path):
     assert list(prepared.domains) == ["all"]
     with pytest.raises(DataError, match=r"missing domain column 'category'"):  # named explicitly: required
         _prepare(tmp_path, df, "data.domain_col=category")
+
+
+def _with_splits(splits: list[str], labels=("neg", "pos"), n_per_label=40) -> pd.DataFrame:
+    df = _table(n_per_label=n_per_label, domains=("a",), labels=labels)
+    return df.assign(split=[splits[i % len(splits)] for i in range(len(df))])
+
+
+@pytest.mark.parametrize("values, col, expected_val", [
+    (["train", "train", "val", "test"], None, "given"),             # 'split' is picked up by name
+    (["Training", "TRAIN", "Validation", "Test"], None, "given"),   # names are case-insensitive, with synonyms
+    (["train", "train", "train", "dev", "testing"], None, "given"),
+    (["train", "train", "train", "test"], None, "drawn"),           # no val rows: drawn from train
+])
+def test_a_split_column_is_honoured_instead_of_a_random_split(tmp_path, values, col, expected_val):
+    df = _with_splits(values)
+    prepared = _prepare(tmp_path, df)
+    splits = prepared.domains["a"]
+    named = df.assign(split=df["split"].str.lower().map({"training": "train", "validation": "val", "dev": "val",
+                                                         "testing": "test"}).fillna(df["split"].str.lower()))
+    assert set(splits.read("test")["text"]) == set(named[named["split"] == "test"]["text"])
+    val = set(splits.read("val")["text"])
+    if expected_val == "given":
+        assert val == set(named[named["split"] == "val"]["text"])
+        assert set(splits.read("train")["text"]) == set(named[named["split"] == "train"]["text"])
+    else:  # split.val_fraction of the train rows, stratified, and never a test row
+        train_rows = set(named[named["split"] == "train"]["text"])
+        assert val and val <= train_rows and len(val) == pytest.approx(0.1 * len(train_rows), abs=1)
+        assert set(splits.read("val")["label"]) == {"neg", "pos"}
+
+
+def test_split_col_names_another_column_and_a_missing_one_is_an_error(tmp_path):
+    df = _with_splits(["train", "train", "val", "test"]).rename(columns={"split": "fold"})
+    prepared = _prepare(tmp_path, df, "data.split_col=fold")
+    assert set(prepared.domains["a"].read("test")["text"]) == set(df[df["fold"] == "test"]["text"])
+    with pytest.raises(DataError, match=r"missing split column 'nope'"):
+        _prepare(tmp_path, df, "data.split_col=nope", name="again.csv")
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("df, message", [
+    (_with_splits(["train", "holdout", "test"]), r"row 2: split column 'split' has 'holdout'; use train, val or test"),
+    (_with_splits(["train", "val"]), r"domain 'a' has no 'test' rows in its split column"),
+    (_with_splits(["test", "val"]), r"domain 'a' has no 'train' rows in its split column"),
+    (pd.concat([_with_splits(["train", "val", "test"]),
+                pd.DataFrame([{"text": f"odd {i}", "label": "odd", "domain": "a", "split": "test"} for i in range(3)])]),
+     r"label 'odd' is in its test rows but not in its train rows"),
+])
+def test_a_bad_split_column_is_one_line_naming_the_problem(tmp_path, df, message):
+    with pytest.raises(DataError, match=message):
+        _prepare(tmp_path, df)
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,9 @@ from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
 DEFAULT_DOMAIN_COL, SINGLE_DOMAIN = "domain", "all"  # data.domain_col null: this column, or one domain
+DEFAULT_SPLIT_COL = "split"  # data.split_col null: this column when the file has it, else a random split
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}  # a split column's values (case-insensitive)
 MAX_DOMAIN_CHARS = 100  # a domain names a registered model (with the dataset and base) and a directory
 
 
@@ -99,6 +102,9 @@ def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.D
     cols = {"text": cfg.text_col, "label": cfg.label_col, "domain": domain_col}
     if cfg.domain_col is None and DEFAULT_DOMAIN_COL not in df.columns:  # a plain text,label table
         df = df.assign(**{DEFAULT_DOMAIN_COL: SINGLE_DOMAIN})
+    split_col = cfg.split_col or (DEFAULT_SPLIT_COL if DEFAULT_SPLIT_COL in df.columns else None)
+    if split_col:
+        cols["split"] = split_col
     for role, col in cols.items():
         if col not in df.columns:
             raise DataError(
@@ -106,6 +112,13 @@ def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.D
             )
     out = pd.DataFrame({role: df[col] for role, col in cols.items()})
     out.index = range(1, len(out) + 1)  # 1-based data row numbers for error messages
+    if split_col:
+        named = out["split"].astype(str).str.strip().str.lower().map(SPLIT_NAMES)
+        if named.isna().any():
+            row = int(named.isna().idxmax())
+            raise DataError(f"{source}: row {row}: split column '{split_col}' has '{str(out['split'][row])[:40]}'; "
+                            f"use train, val or test")
+        out["split"] = named
     for role in ("label", "domain"):
         missing = out[role].isna() | (out[role].astype(str).str.strip() == "")
         if missing.any():
@@ -124,6 +137,29 @@ def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.D
         raise DataError(f"{source}: every value in text column '{cfg.text_col}' is empty")
     out["text"] = text
     return out[~empty], int(empty.sum())
+
+
+def _given_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -> dict[str, pd.DataFrame]:
+    """The data's own split column; validation rows drawn from train (stratified when every label can be)
+    when the domain has none."""
+    parts = {name: df[df["split"] == name] for name in SPLITS}
+    for name in ("train", "test"):
+        if parts[name].empty:
+            raise DataError(f"{source}: domain '{domain}' has no '{name}' rows in its split column")
+    for name in ("val", "test"):  # the adapter can only learn labels its train rows have
+        unknown = sorted(set(parts[name]["label"]) - set(parts["train"]["label"]))
+        if unknown:
+            raise DataError(f"{source}: domain '{domain}': label '{unknown[0]}' is in its {name} rows but not in "
+                            "its train rows (split column)")
+    if parts["val"].empty:
+        train = parts["train"]
+        stratify = train["label"] if train["label"].value_counts().min() >= 2 else None
+        try:
+            parts["train"], parts["val"] = train_test_split(train, test_size=cfg.val_fraction, stratify=stratify,
+                                                            random_state=cfg.seed)
+        except ValueError as exc:
+            raise DataError(f"{source}: domain '{domain}': cannot draw validation rows from train: {exc}") from None
+    return parts
 
 
 def _normalise(text: str) -> str:
@@ -145,18 +181,8 @@ def _cap(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
     return df.loc[[i for idx in keep for i in idx]]
 
 
-def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
-                 source: str) -> tuple[dict[str, pd.DataFrame], int, dict[str, int]]:
-    """Stratified train/val/test split; texts seen in an earlier split are removed from later ones.
-    Returns (capped splits, leaked rows removed, rows per split before the caps)."""
-    if len(df) < cfg.min_rows_per_domain:
-        raise DataError(
-            f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
-            f"{cfg.min_rows_per_domain}"
-        )
+def _random_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -> dict[str, pd.DataFrame]:
     counts = df["label"].value_counts()
-    if len(counts) < 2:
-        raise DataError(f"{source}: domain '{domain}' has a single class '{counts.index[0]}'; need at least 2")
     if counts.min() < 3:
         raise DataError(
             f"{source}: domain '{domain}': label '{counts.idxmin()}' has {counts.min()} rows; need at least 3 "
@@ -168,7 +194,23 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
         train, val = train_test_split(rest, test_size=val_share, stratify=rest["label"], random_state=cfg.seed)
     except ValueError as exc:
         raise DataError(f"{source}: domain '{domain}': cannot stratify: {exc}") from None
-    parts = {"train": train, "val": val, "test": test}
+    return {"train": train, "val": val, "test": test}
+
+
+def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
+                 source: str) -> tuple[dict[str, pd.DataFrame], int, dict[str, int]]:
+    """The data's own train/val/test (a split column) or a stratified random split; texts seen in an earlier
+    split are removed from later ones.
+    Returns (capped splits, leaked rows removed, rows per split before the caps)."""
+    if len(df) < cfg.min_rows_per_domain:
+        raise DataError(
+            f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
+            f"{cfg.min_rows_per_domain}"
+        )
+    counts = df["label"].value_counts()
+    if len(counts) < 2:
+        raise DataError(f"{source}: domain '{domain}' has a single class '{counts.index[0]}'; need at least 2")
+    parts = (_given_splits if "split" in df.columns else _random_splits)(df, domain, cfg, source)
     # Leakage: a (normalised) text may live in one split only; train keeps it, later splits drop it.
     seen: set[str] = set()
     removed = 0
