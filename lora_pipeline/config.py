@@ -69,6 +69,7 @@ def domain_dirname(domain: str) -> str:
     return f"{safe_name(domain)[:40]}-{hashlib.sha256(domain.encode()).hexdigest()[:8]}"
 
 
+GENERATION_DEFAULT_BASE = "smollm2-135m"  # base.name for task: generate when left at the classifiers' default
 MAX_SEED = 2**32 - 1  # numpy's and the HF Trainer's seeds are 32-bit; a larger one fails only once training starts
 
 
@@ -84,7 +85,8 @@ class DataConfig(_Section):
         "stem (reviews.csv -> 'reviews'), or 'vader' for the built-in set. Sanitised for MLflow.")
     path: str | None = Field(None, description="CSV, Parquet or JSONL file; null = the built-in VADER set.")
     text_col: str = Field("text", description="Column holding the input text.")
-    label_col: str = Field("label", description="Column holding the class label.")
+    label_col: str = Field("label", description="Column holding the class label (task: classify).")
+    target_col: str = Field("target", description="Column holding the reference output text (task: generate).")
     domain_col: str | None = Field(
         None, description="Column naming the domain; one adapter per value. null = the column 'domain' if the file "
         "has one, else the whole file is one domain named 'all'.")
@@ -198,6 +200,21 @@ class GenerativeConfig(_Section):
     score_batch_size: int = Field(8, ge=1, description="Prompts per forward pass when scoring labels.")
 
 
+class GenerationConfig(_Section):
+    instruction: str = Field(
+        "Write the {domain} of this text in one sentence.",
+        description="First line of every generation prompt (task: generate); {domain} is the domain's name.")
+    instructions: dict[str, str] = Field(
+        default_factory=dict, description="Domain -> its own instruction, instead of the template above.")
+    max_new_tokens: int = Field(64, ge=1, le=1024, description="Tokens generated per text (greedy) in evaluation.")
+    max_target_tokens: int = Field(96, ge=4, description="Reference tokens trained on; longer targets are cut.")
+    few_shot_k: int = Field(2, ge=1, description="Train (input, output) pairs in the few-shot baseline's prompt.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together (left-padded, length-sorted).")
+
+    def instruction_for(self, domain: str) -> str:
+        return self.instructions.get(domain) or self.instruction.replace("{domain}", domain)
+
+
 class PromotionConfig(_Section):
     min_gain_over_base: float = Field(
         0.02, description="Macro-F1 the adapter must gain over the zero-shot base to become champion."
@@ -295,6 +312,9 @@ class ApiConfig(_Section):
 
 
 class PipelineConfig(_Section):
+    task: Literal["classify", "generate"] = Field(
+        "classify", description="classify: text -> one of the domain's labels; generate: text -> text (the "
+        "target column), on a causal base, scored with ROUGE.")
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     base: BaseModelConfig = Field(default_factory=BaseModelConfig)
@@ -302,12 +322,20 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generative: GenerativeConfig = Field(default_factory=GenerativeConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     servers: ServersConfig = Field(default_factory=ServersConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+
+    @model_validator(mode="after")
+    def _generation_base(self) -> PipelineConfig:
+        """task: generate on the classifiers' default base (which cannot write) means the generation default."""
+        if self.task == "generate" and self.base.name == BaseModelConfig.model_fields["name"].default:
+            self.base = self.base.model_copy(update={"name": GENERATION_DEFAULT_BASE})
+        return self
 
     # Derived locations, all under project_dir unless absolute.
     @property
@@ -362,6 +390,13 @@ class TrainingInputs(_Section):
     instruction: str | None = Field(
         None, description="The prompt's first line, for kinds that train on a prompt (causal LMs); null otherwise.")
     compute: Compute = Field(default_factory=Compute, description="Device and precision training runs in.")
+    task: Literal["classify", "generate"] = Field("classify", description="What the adapter learns (picks the kind).")
+    generation: GenerationConfig | None = Field(
+        None, description="task: generate: the per-domain instruction and the target length; null otherwise.")
+
+    def instruction_for(self, domain: str) -> str | None:
+        """The prompt's first line for ``domain``: generation's per-domain one, or the classifiers' (if any)."""
+        return self.generation.instruction_for(domain) if self.generation else self.instruction
 
     def sha256(self) -> str:
         return sha256_json(self.model_dump(mode="json"))
@@ -378,6 +413,10 @@ class EvaluationInputs(_Section):
     seed: int = Field(42, description="Seed of anything evaluation draws (the few-shot examples): split.seed.")
     compute: Compute = Field(default_factory=Compute, description="Device and precision the adapter is scored and "
                              "timed in (the run's: what it serves in).")
+    task: Literal["classify", "generate"] = Field("classify", description="classify: labels and macro-F1; "
+                                                  "generate: texts and ROUGE.")
+    generation: GenerationConfig | None = Field(
+        None, description="task: generate: few-shot k and the generation batch; null otherwise.")
 
     def sha256(self) -> str:
         return sha256_json(self.model_dump(mode="json"))

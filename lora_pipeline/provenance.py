@@ -59,16 +59,20 @@ def training_inputs(cfg: PipelineConfig) -> TrainingInputs:
     """The config groups training reads; the prompt only for kinds that train on one. A length the base
     cannot take stops here, before any data is prepared."""
     check_lengths(cfg.base)
-    prompted = kind_of(cfg.base.name).prompted
+    kind = kind_of(cfg.base.name, cfg.task)
+    generation = cfg.generation if not kind.classifies else None
     return TrainingInputs(base=cfg.base, lora=cfg.lora, train=cfg.train,
-                          instruction=cfg.generative.instruction if prompted else None, compute=compute_for(cfg.runtime))
+                          instruction=cfg.generative.instruction if kind.prompted and kind.classifies else None,
+                          compute=compute_for(cfg.runtime), task=cfg.task, generation=generation)
 
 
 def evaluation_inputs(cfg: PipelineConfig) -> EvaluationInputs:
     """The config groups evaluation reads; the generative settings only for prompted kinds."""
-    prompted = kind_of(cfg.base.name).prompted
-    return EvaluationInputs(base=cfg.base, eval=cfg.eval, generative=cfg.generative if prompted else None,
-                            seed=cfg.split.seed, compute=compute_for(cfg.runtime))
+    kind = kind_of(cfg.base.name, cfg.task)
+    return EvaluationInputs(base=cfg.base, eval=cfg.eval,
+                            generative=cfg.generative if kind.prompted and kind.classifies else None,
+                            seed=cfg.split.seed, compute=compute_for(cfg.runtime), task=cfg.task,
+                            generation=cfg.generation if not kind.classifies else None)
 
 
 def adapter_key(splits: DomainSplits, training: TrainingInputs) -> str:

@@ -22,7 +22,8 @@ apply_runtime_env()  # a Dask worker imports this module first: offline/no-telem
 from lora_pipeline.data.datasets import resolve_data_path  # noqa: E402
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, domain_dirname, prepare_data  # noqa: E402
 from lora_pipeline.errors import is_transient  # noqa: E402
-from lora_pipeline.evaluation.evaluate import DomainEvaluation, evaluate_domain  # noqa: E402
+from lora_pipeline.evaluation.evaluate import DomainEvaluation  # noqa: E402
+from lora_pipeline.evaluation.tasks import task_named  # noqa: E402
 from lora_pipeline.provenance import adapter_key, evaluation_key  # noqa: E402
 from lora_pipeline.registry.register import RegisteredAdapter, log_and_register  # noqa: E402
 from lora_pipeline.registry.tracking import check_store, finish_parent_run, start_parent_run  # noqa: E402
@@ -66,7 +67,8 @@ def check_tracking_store_task(cfg: PipelineConfig) -> None:
 @task(name="prepare-data")
 def prepare_data_task(cfg: PipelineConfig) -> PreparedData:
     path = resolve_data_path(cfg.data.path, cfg.project_dir)
-    prepared = prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared", max_labels=cfg.api.max_labels)
+    prepared = prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared", max_labels=cfg.api.max_labels,
+                            task=cfg.task)
     asked = cfg.data.name or path.stem
     if prepared.dataset != asked:
         print(f"note: dataset name '{asked}' is registered as '{prepared.dataset}' (MLflow-safe characters only)")
@@ -89,8 +91,9 @@ def train_adapter_task(splits: DomainSplits, training: TrainingInputs, work_dir:
 @task(name="evaluate-adapter", task_run_name="evaluate-{splits.domain}", cache_policy=EVALUATE_CACHE)
 def evaluate_adapter_task(splits: DomainSplits, training: TrainingInputs, evaluation: EvaluationInputs,
                           trained: TrainedAdapter) -> DomainEvaluation:
-    return evaluate_domain(splits, trained.adapter_dir, evaluation,
-                           evaluation_dir_for(Path(trained.adapter_dir).parent, splits, training, evaluation))
+    return task_named(evaluation.task).evaluate(
+        splits, trained.adapter_dir, evaluation,
+        evaluation_dir_for(Path(trained.adapter_dir).parent, splits, training, evaluation))
 
 
 @task(name="register-adapter", task_run_name="register-{splits.domain}")

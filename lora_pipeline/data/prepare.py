@@ -31,7 +31,7 @@ class DomainSplits:
     """One domain's prepared splits on disk; plain paths and strings so Prefect can hash and cache it."""
 
     domain: str
-    labels: list[str]
+    labels: list[str]  # [] for task: generate (its rows hold a target text instead of a label)
     dir: str
     fingerprint: str  # sha256 of this domain's split rows: changes only when its data changes
     counts: dict[str, int]
@@ -41,7 +41,7 @@ class DomainSplits:
         return Path(self.dir) / f"{split}.jsonl"
 
     def read(self, split: str) -> pd.DataFrame:
-        return pd.read_json(self.path(split), lines=True, dtype={"text": str, "label": str})
+        return pd.read_json(self.path(split), lines=True, dtype={"text": str, "label": str, "target": str})
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,13 @@ def load_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.DataFrame, int]:
-    """Check columns and values; return (text/label/domain frame, number of empty-text rows dropped)."""
+def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str,
+                   task: str = "classify") -> tuple[pd.DataFrame, int]:
+    """Check columns and values; return (text/label/domain frame, or text/target/domain for task generate,
+    [+ split], number of empty-text rows dropped)."""
     domain_col = cfg.domain_col or DEFAULT_DOMAIN_COL
-    cols = {"text": cfg.text_col, "label": cfg.label_col, "domain": domain_col}
+    answer = "label" if task == "classify" else "target"  # what a row is trained to give
+    cols = {"text": cfg.text_col, answer: cfg.label_col if answer == "label" else cfg.target_col, "domain": domain_col}
     if cfg.domain_col is None and DEFAULT_DOMAIN_COL not in df.columns:  # a plain text,label table
         df = df.assign(**{DEFAULT_DOMAIN_COL: SINGLE_DOMAIN})
     split_col = cfg.split_col or (DEFAULT_SPLIT_COL if DEFAULT_SPLIT_COL in df.columns else None)
@@ -119,12 +122,14 @@ def validate_table(df: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[pd.D
             raise DataError(f"{source}: row {row}: split column '{split_col}' has '{str(out['split'][row])[:40]}'; "
                             f"use train, val or test")
         out["split"] = named
-    for role in ("label", "domain"):
+    for role in (answer, "domain"):
         missing = out[role].isna() | (out[role].astype(str).str.strip() == "")
         if missing.any():
             row = int(missing.idxmax())
             raise DataError(f"{source}: row {row}: empty value in {role} column '{cols[role]}'")
-    out["label"] = out["label"].astype(str).str.strip().replace(cfg.label_map)
+    out[answer] = out[answer].astype(str).str.strip()
+    if answer == "label":
+        out["label"] = out["label"].replace(cfg.label_map)
     out["domain"] = out["domain"].astype(str).str.strip().replace(cfg.domain_map)
     bad = out["domain"].map(lambda d: len(d) > MAX_DOMAIN_CHARS or not d.isprintable())
     if bad.any():
@@ -146,14 +151,14 @@ def _given_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) 
     for name in ("train", "test"):
         if parts[name].empty:
             raise DataError(f"{source}: domain '{domain}' has no '{name}' rows in its split column")
-    for name in ("val", "test"):  # the adapter can only learn labels its train rows have
+    for name in ("val", "test") if "label" in df.columns else ():  # only labels its train rows have are learnt
         unknown = sorted(set(parts[name]["label"]) - set(parts["train"]["label"]))
         if unknown:
             raise DataError(f"{source}: domain '{domain}': label '{unknown[0]}' is in its {name} rows but not in "
                             "its train rows (split column)")
     if parts["val"].empty:
         train = parts["train"]
-        stratify = train["label"] if train["label"].value_counts().min() >= 2 else None
+        stratify = train["label"] if "label" in train and train["label"].value_counts().min() >= 2 else None
         try:
             parts["train"], parts["val"] = train_test_split(train, test_size=cfg.val_fraction, stratify=stratify,
                                                             random_state=cfg.seed)
@@ -173,15 +178,22 @@ def text_key(text: str) -> str:
 
 
 def _cap(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
-    """Proportional per-label sample down to about ``max_rows`` (keeps every label represented)."""
+    """Proportional per-label sample down to about ``max_rows`` (keeps every label represented); a plain
+    sample of rows without labels."""
     if max_rows <= 0 or len(df) <= max_rows:
         return df
+    if "label" not in df.columns:
+        return df.sample(n=max_rows, random_state=seed)
     frac = max_rows / len(df)
     keep = [g.sample(n=max(1, round(len(g) * frac)), random_state=seed).index for _, g in df.groupby("label")]
     return df.loc[[i for idx in keep for i in idx]]
 
 
 def _random_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -> dict[str, pd.DataFrame]:
+    if "label" not in df.columns:  # generation rows: nothing to stratify on
+        rest, test = train_test_split(df, test_size=cfg.test_fraction, random_state=cfg.seed)
+        train, val = train_test_split(rest, test_size=cfg.val_fraction / (1 - cfg.test_fraction), random_state=cfg.seed)
+        return {"train": train, "val": val, "test": test}
     counts = df["label"].value_counts()
     if counts.min() < 3:
         raise DataError(
@@ -207,8 +219,8 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
             f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
             f"{cfg.min_rows_per_domain}"
         )
-    counts = df["label"].value_counts()
-    if len(counts) < 2:
+    counts = df["label"].value_counts() if "label" in df.columns else None
+    if counts is not None and len(counts) < 2:
         raise DataError(f"{source}: domain '{domain}' has a single class '{counts.index[0]}'; need at least 2")
     parts = (_given_splits if "split" in df.columns else _random_splits)(df, domain, cfg, source)
     # Leakage: a (normalised) text may live in one split only; train keeps it, later splits drop it.
@@ -223,38 +235,45 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
     available = {name: len(part) for name, part in parts.items()}
     caps = {"train": cfg.max_train_rows, "val": cfg.max_val_rows, "test": cfg.max_test_rows}
     parts = {name: _cap(part, caps[name], cfg.seed).sort_index() for name, part in parts.items()}
-    for name, part in parts.items():
+    for name, part in parts.items() if counts is not None else ():
         if part["label"].nunique() < 2:
             raise DataError(f"{source}: domain '{domain}': the {name} split has a single class; add rows")
     return parts, removed, available
 
 
+def _answer_column(df: pd.DataFrame) -> str:
+    return "label" if "label" in df.columns else "target"
+
+
 def _fingerprint_rows(parts: dict[str, pd.DataFrame]) -> str:
-    payload = {name: part[["text", "label"]].values.tolist() for name, part in parts.items()}
+    payload = {name: part[["text", _answer_column(part)]].values.tolist() for name, part in parts.items()}
     return sha256_json(payload)
 
 
 def prepare_data(
-    path: str | Path, data_cfg: DataConfig, split_cfg: SplitConfig, out_dir: str | Path, max_labels: int | None = None
+    path: str | Path, data_cfg: DataConfig, split_cfg: SplitConfig, out_dir: str | Path, max_labels: int | None = None,
+    task: str = "classify",
 ) -> PreparedData:
     """Load, validate and split ``path``; write each domain's splits as JSONL under ``out_dir``.
-    ``max_labels``: a domain with more labels is an input error (the server could not hold its head)."""
+    ``max_labels``: a domain with more labels is an input error (the server could not hold its head).
+    ``task``: classify (text, label) or generate (text, target: no labels, unstratified splits)."""
     path = Path(path)
     source = str(path)
-    table, dropped = validate_table(load_table(path), data_cfg, source)
+    table, dropped = validate_table(load_table(path), data_cfg, source, task)
     present = sorted(table["domain"].unique())
     unknown = [d for d in data_cfg.domains if d not in present]
     if unknown:
         raise DataError(f"{source}: unknown domain(s) {', '.join(unknown)} (available: {', '.join(present)})")
     chosen = data_cfg.domains or present
 
-    config_hash = sha256_json([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")])
+    config_hash = sha256_json([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")]
+                              + ([task] if task != "classify" else []))  # classification's hashes stay as they were
     fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
 
     split_parts, available, leaks = {}, {}, 0
     for domain in chosen:  # validate every domain before writing anything
         rows = table[table["domain"] == domain]
-        labels = rows["label"].nunique()
+        labels = rows["label"].nunique() if "label" in rows else 0
         if max_labels is not None and labels > max_labels:
             raise DataError(f"{source}: domain '{domain}' has {labels} labels, more than api.max_labels={max_labels} "
                             "(what one server can hold); merge labels with data.label_map or raise api.max_labels")
@@ -268,11 +287,11 @@ def prepare_data(
         domain_dir = Path(out_dir) / domain_dirname(domain) / domain_fingerprint[:16]
         domain_dir.mkdir(parents=True, exist_ok=True)
         for name, part in parts.items():
-            part[["text", "label"]].to_json(domain_dir / f"{name}.jsonl", orient="records", lines=True,
-                                            force_ascii=False)
+            part[["text", _answer_column(part)]].to_json(domain_dir / f"{name}.jsonl", orient="records",
+                                                         lines=True, force_ascii=False)
         domains[domain] = DomainSplits(
             domain=domain,
-            labels=sorted(parts["train"]["label"].unique().tolist()),
+            labels=sorted(parts["train"]["label"].unique().tolist()) if "label" in parts["train"] else [],
             dir=str(domain_dir),
             fingerprint=domain_fingerprint,
             counts={name: len(part) for name, part in parts.items()},

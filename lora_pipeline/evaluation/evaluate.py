@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,19 @@ class DomainEvaluation:
     latency_p50_ms: float
     latency_p95_ms: float
     throughput_per_s: float
-    artifacts_dir: str  # evaluation.json, predictions.jsonl, confusion_<model>.png
+    artifacts_dir: str  # evaluation.json, predictions.jsonl, confusion_<model>.png (generation: samples.md)
     precision: str = "fp32"  # what the adapter and the base were scored and timed in (runtime.precision, resolved)
     device: str = "cpu"
+    metric: str = "macro_f1"  # the task's metric: what promotion compares (generation: rougeL)
+    classical: str = "tfidf"  # the classical baseline the adapter must not lose to (generation: lead)
+    efficiency: dict[str, float] = field(default_factory=dict)  # task-specific figures (generation: ms_per_token...)
 
     def macro_f1(self, model: str) -> float:
         return self.metrics[model]["macro_f1"]
+
+    def score(self, model: str) -> float:
+        """``model``'s value of the task's metric."""
+        return self.metrics[model][self.metric]
 
 
 def predict_tfidf(train: pd.DataFrame, texts: list[str]) -> list[str]:

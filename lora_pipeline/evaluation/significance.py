@@ -1,4 +1,4 @@
-"""Is a macro-F1 difference more than noise? A paired bootstrap over the test rows.
+"""Is a macro-F1 (or mean ROUGE-L) difference more than noise? A paired bootstrap over the test rows.
 
 Two models scored on the same rows are resampled together (the same rows drawn for both), so what
 varies is only which rows are drawn: the interval of the difference says how much of it the test split
@@ -82,3 +82,25 @@ def paired_bootstrap(truth: Sequence, pred_a: Sequence, pred_b: Sequence, labels
     low, high = np.percentile(diffs, [tail, 100 - tail])
     return Difference(diff=round(observed, 6), low=round(float(low), 6), high=round(float(high), 6),
                       confidence=confidence, n_rows=n, samples=samples)
+
+
+def paired_bootstrap_mean(scores_a: Sequence[float], scores_b: Sequence[float], samples: int = 1000,
+                          confidence: float = 0.95, seed: int = 42) -> Difference:
+    """mean(A) - mean(B) of per-row scores on the same rows (ROUGE-L of two models' outputs), and its percentile
+    interval over ``samples`` resamples of the rows."""
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    diffs = np.concatenate([(a[rows] - b[rows]).mean(axis=1) for rows in _resamples(len(a), samples, seed)])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return Difference(diff=round(float((a - b).mean()), 6), low=round(float(low), 6), high=round(float(high), 6),
+                      confidence=confidence, n_rows=len(a), samples=samples)
+
+
+def bootstrap_mean_interval(scores: Sequence[float], samples: int = 1000, confidence: float = 0.95,
+                            seed: int = 42) -> tuple[float, float]:
+    """The percentile interval of a mean per-row score (the report's error bars for ROUGE)."""
+    x = np.asarray(scores, dtype=float)
+    means = np.concatenate([x[rows].mean(axis=1) for rows in _resamples(len(x), samples, seed)])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return round(float(low), 6), round(float(high), 6)

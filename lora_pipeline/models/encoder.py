@@ -141,7 +141,7 @@ class EncoderClassifier(ModelKind):
     def load_base(self, spec, labels, cache_dir, dropout=None):
         return _classifier(spec, labels, dropout, self.model_class)
 
-    def training_data(self, tokenizer, splits, max_length, instruction):
+    def training_data(self, tokenizer, splits, max_length, instruction, max_answer_tokens=None):
         label_ids = {label: i for i, label in enumerate(splits.labels)}
 
         def encoded(split: str) -> _EncodedTexts:

@@ -35,6 +35,8 @@ class ModelKind(ABC):
     baselines: ClassVar[tuple[str, ...]]
     # True: the API offers POST /predict_fewshot (the bare base, prompted with labelled examples).
     few_shot_api: ClassVar[bool] = False
+    # True: predicts one of the domain's labels (class weights, macro-F1); False: writes text (task: generate).
+    classifies: ClassVar[bool] = True
 
     # --- building ---------------------------------------------------------------------------------
     @abstractmethod
@@ -53,8 +55,9 @@ class ModelKind(ABC):
     # --- training ---------------------------------------------------------------------------------
     @abstractmethod
     def training_data(self, tokenizer: PreTrainedTokenizerBase, splits: DomainSplits, max_length: int,
-                      instruction: str | None) -> tuple[Any, Any, Callable]:
-        """(train dataset, validation dataset, collator) for the HF Trainer; texts cut head+tail to ``max_length``."""
+                      instruction: str | None, max_answer_tokens: int | None = None) -> tuple[Any, Any, Callable]:
+        """(train dataset, validation dataset, collator) for the HF Trainer; texts cut head+tail to ``max_length``
+        (``max_answer_tokens``: generation targets cut to this)."""
 
     def loss_function(self, class_weights: list[float] | None) -> Callable | None:
         """The Trainer's ``compute_loss_func`` for these per-class weights (None: the model's own loss)."""
@@ -75,6 +78,11 @@ class ModelKind(ABC):
                       adapter_names: list[str] | None = None) -> list[np.ndarray]:
         """Per text, the probabilities over its own adapter's labels (``metas[i].labels``). With
         ``adapter_names``, each row goes through its own adapter in the same forward pass (peft)."""
+
+    def predict(self, adapter: LoadedAdapter, texts: list[str], batch_size: int) -> list[str]:
+        """What the adapter answers for each text: here its most probable label."""
+        labels = adapter.meta.labels
+        return [labels[i] for i in adapter.predict_proba(texts, batch_size).argmax(axis=1)]
 
     @abstractmethod
     def prediction_batch_size(self, inputs: EvaluationInputs) -> int:

@@ -61,8 +61,29 @@ class AdapterClassifier(mlflow.pyfunc.PythonModel):
         return out
 
 
+class AdapterGenerator(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a generation adapter: DataFrame with a ``text`` column -> ``output`` (greedy)."""
+
+    def load_context(self, context) -> None:
+        self.adapter: LoadedAdapter = load_adapter(context.artifacts["adapter"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        texts = model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
+        return pd.DataFrame({"output": self.adapter.predict(texts, batch_size=8)})
+
+
 def signature_for(labels: list[str]) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("string", "text")]),
         outputs=Schema([ColSpec("string", "label")] + [ColSpec("double", f"p_{label}") for label in labels]),
     )
+
+
+GENERATOR_ENTRY = Path(__file__).with_name("pyfunc_generator_entry.py")
+GENERATOR_SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                                     outputs=Schema([ColSpec("string", "output")]))
+
+
+def pyfunc_model_for(labels: list[str]) -> tuple[Path, ModelSignature]:
+    """(models-from-code entry, signature) of a version: a classifier of ``labels``, or a writer (no labels)."""
+    return (PYFUNC_ENTRY, signature_for(labels)) if labels else (GENERATOR_ENTRY, GENERATOR_SIGNATURE)

@@ -31,8 +31,8 @@ def tfidf_wins(adapter_f1: float, tfidf_f1: float, tolerance: float = 0.0) -> bo
     return adapter_f1 < tfidf_f1 - tolerance - _TOL
 
 
-def tfidf_verdict(domain: str, adapter_f1: float, tfidf_f1: float) -> str:
-    return f"TF-IDF beats the adapter on {domain} ({tfidf_f1:.2f} vs {adapter_f1:.2f})"
+def tfidf_verdict(domain: str, adapter_f1: float, tfidf_f1: float, classical_name: str = "TF-IDF") -> str:
+    return f"{classical_name} beats the adapter on {domain} ({tfidf_f1:.2f} vs {adapter_f1:.2f})"
 
 
 def decide_promotion(
@@ -47,21 +47,26 @@ def decide_promotion(
     vs_champion: Difference | None = None,
     champion_tolerance: float = 0.0,
     intervals: dict[str, Difference] | None = None,
+    metric_name: str = "macro-F1",
+    classical_name: str = "TF-IDF",
 ) -> PromotionDecision:
     """Champion iff macro-F1 beats the zero-shot base by >= ``margin``, is not below TF-IDF+LR by more than
     ``tfidf_tolerance`` AND is not worse than the current champion: with ``vs_champion`` (new minus the
     champion rescored on the same rows) its interval's lower end is >= -``champion_tolerance``; without it
     (the champion could not be rescored) ``adapter_f1`` >= ``champion_f1`` on their own test splits.
-    ``intervals``: model -> (adapter minus model) on the test rows, reported in the reason."""
+    ``intervals``: model -> (adapter minus model) on the test rows, reported in the reason. The metric (and the
+    classical baseline) are the task's: macro-F1 and TF-IDF+LR, or ROUGE-L and the lead sentence."""
     gain = adapter_f1 - base_f1
     beats_base = gain >= margin - _TOL
-    reasons = [f"macro-F1 {adapter_f1:.4f} vs zero-shot base {base_f1:.4f}: gain {gain:+.4f} "
+    reasons = [f"{metric_name} {adapter_f1:.4f} vs zero-shot base {base_f1:.4f}: gain {gain:+.4f} "
                f"{'>=' if beats_base else '<'} margin {margin:.4f}"]
     loses_to_tfidf = tfidf_f1 is not None and tfidf_wins(adapter_f1, tfidf_f1, tfidf_tolerance)
+    classical = "TF-IDF+LR" if classical_name == "TF-IDF" else classical_name
     if loses_to_tfidf:
-        reasons.insert(0, f"{tfidf_verdict(domain, adapter_f1, tfidf_f1)}, tolerance {tfidf_tolerance:.4f}")
+        reasons.insert(0, f"{tfidf_verdict(domain, adapter_f1, tfidf_f1, classical_name)}, tolerance "
+                          f"{tfidf_tolerance:.4f}")
     elif tfidf_f1 is not None:
-        reasons.append(f"TF-IDF+LR {tfidf_f1:.4f}: not beaten by more than {tfidf_tolerance:.4f}")
+        reasons.append(f"{classical} {tfidf_f1:.4f}: not beaten by more than {tfidf_tolerance:.4f}")
     if vs_champion is not None:
         keeps_level = vs_champion.low >= -champion_tolerance - _TOL
         verdict = ("not worse" if keeps_level else
@@ -73,7 +78,7 @@ def decide_promotion(
         reasons.append("no current champion")
     else:
         keeps_level = adapter_f1 >= champion_f1 - _TOL
-        reasons.append(f"current champion v{champion_version} macro-F1 {champion_f1:.4f} on its own test split "
+        reasons.append(f"current champion v{champion_version} {metric_name} {champion_f1:.4f} on its own test split "
                        f"(not rescored): {'not below' if keeps_level else 'below'}")
     for model, interval in (intervals or {}).items():
         reasons.append(f"adapter - {model}: {interval.reads()}")

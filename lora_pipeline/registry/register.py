@@ -26,8 +26,8 @@ from mlflow.exceptions import MlflowException
 from lora_pipeline.config import Compute, PipelineConfig
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
 from lora_pipeline.errors import RegistryError
-from lora_pipeline.evaluation.metrics import classification_metrics
-from lora_pipeline.evaluation.significance import Difference, paired_bootstrap
+from lora_pipeline.evaluation.significance import Difference
+from lora_pipeline.evaluation.tasks import task_of_metric
 from lora_pipeline.models import kind_of
 from lora_pipeline.models.adapters import AdapterMeta, load_adapter, verify_checksums
 from lora_pipeline.ops.locks import exclusive
@@ -62,7 +62,7 @@ def register_version(name: str, model_uri: str, provenance: dict[str, str]) -> s
 @dataclass(frozen=True)
 class RescoredChampion:
     rows: list[int]  # positions in the new test split that the champion never trained or validated on
-    predictions: list[str]  # its labels for those rows
+    predictions: list[str]  # its answers for those rows (labels, or generated texts)
     kind: str  # its adapter's kind: a kind this base no longer has cannot be served
 
 
@@ -83,7 +83,7 @@ def unseen_rows(client: MlflowClient, champion: ModelVersion, texts: list[str]) 
 
 def rescore_champion(client: MlflowClient, cfg: PipelineConfig, name: str, champion: ModelVersion,
                      evaluation: DomainEvaluation, texts: list[str]) -> RescoredChampion:
-    """The current champion's labels for the new test rows it never learned from, loaded as serving loads it:
+    """The current champion's answers for the new test rows it never learned from, loaded as serving loads it:
     from the registry (a bad local copy fetched once more), its files checked against the registered digest,
     in the run's precision."""
     target = cfg.work_dir / "champions" / name / f"v{champion.version}"
@@ -92,7 +92,7 @@ def rescore_champion(client: MlflowClient, cfg: PipelineConfig, name: str, champ
     if list(meta.labels) != list(evaluation.labels):
         raise RegistryError(f"its labels ({', '.join(meta.labels)}) differ from this version's")
     rows = unseen_rows(client, champion, texts)
-    if meta.kind != kind_of(cfg.base.name).name or len(rows) < cfg.promotion.min_rescored_rows:
+    if meta.kind != kind_of(cfg.base.name, cfg.task).name or len(rows) < cfg.promotion.min_rescored_rows:
         return RescoredChampion(rows, [], meta.kind)
     adapter = load_adapter(adapter_dir, cfg.base.cache_dir, Compute(device=evaluation.device,
                                                                     precision=evaluation.precision))
@@ -105,25 +105,26 @@ def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, versio
     """Apply the rule against the current champion, rescored on this version's test rows that it never learned
     from; store the decision and its numbers on the version. One promotion of ``name`` at a time, across
     processes: the champion read here is still the champion when the decision is written."""
-    promotion = cfg.promotion
+    promotion, task = cfg.promotion, task_of_metric(evaluation.metric)
     test = pd.read_json(Path(evaluation.artifacts_dir) / "predictions.jsonl", lines=True, dtype=False)
-    truth, ours = test["label"].astype(str).tolist(), test["adapter_pred"].astype(str).tolist()
+    truth, ours = test[task.truth_column].astype(str).tolist(), test["adapter_pred"].astype(str).tolist()
 
     def interval(theirs: list[str], rows: list[int] | None = None) -> Difference:
         rows = list(range(len(truth))) if rows is None else rows
-        return paired_bootstrap([truth[i] for i in rows], [ours[i] for i in rows], theirs, evaluation.labels,
-                                promotion.bootstrap_samples, promotion.confidence, cfg.split.seed)
+        return task.compare([truth[i] for i in rows], [ours[i] for i in rows], theirs, evaluation.labels,
+                            promotion.bootstrap_samples, promotion.confidence, cfg.split.seed)
 
     intervals = {model: interval(test[f"{model}_pred"].astype(str).tolist())
                  for model in evaluation.metrics if model != "adapter" and f"{model}_pred" in test}
     with exclusive(cfg.work_dir / "locks", f"promote-{name}"):
         champion = schema.champion_version(client, name)
-        champion_f1 = float(client.get_run(champion.run_id).data.metrics["adapter_macro_f1"]) if champion else None
+        recorded = client.get_run(champion.run_id).data.metrics.get(f"adapter_{task.metric}") if champion else None
+        champion_f1 = float(recorded) if recorded is not None else None  # None: a champion of another task
         vs_champion, rescored, note = None, {}, ""
         if champion is not None and promotion.rescore_champion:
             try:
                 found = rescore_champion(client, cfg, name, champion, evaluation, test["text"].astype(str).tolist())
-                if found.kind != kind_of(cfg.base.name).name:  # e.g. a base whose kind changed since (encoder -> sentence-encoder)
+                if found.kind != kind_of(cfg.base.name, cfg.task).name:  # e.g. a base whose kind changed since (encoder -> sentence-encoder)
                     champion_f1 = None
                     note = (f"champion v{champion.version} is a {found.kind} adapter, which this version's server "
                             "cannot load: replaced by any version that earns it")
@@ -133,30 +134,30 @@ def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, versio
                             f"{promotion.min_rescored_rows})")
                 else:
                     vs_champion = interval(found.predictions, found.rows)
-                    rescored_f1 = classification_metrics([truth[i] for i in found.rows], found.predictions,
-                                                         evaluation.labels)["macro_f1"]
-                    rescored = {schema.CHAMPION_RESCORED_MACRO_F1: f"{rescored_f1:.4f}",
+                    rescored_score = task.score_rows([truth[i] for i in found.rows], found.predictions,
+                                                     evaluation.labels)
+                    rescored = {schema.champion_rescored(task.metric): f"{rescored_score:.4f}",
                                 schema.VS_CHAMPION: f"v{champion.version}: {vs_champion.reads()}"}
             except Exception as exc:  # noqa: BLE001 - fall back to the recorded figure, and say why
                 note = f"champion v{champion.version} not rescored: {type(exc).__name__}: {exc}".splitlines()[0]
         decision = decide_promotion(
-            adapter_f1=evaluation.macro_f1("adapter"),
-            base_f1=evaluation.macro_f1("base"),
+            adapter_f1=evaluation.score("adapter"),
+            base_f1=evaluation.score("base"),
             margin=promotion.min_gain_over_base,
             champion_f1=champion_f1,
             champion_version=champion.version if champion else None,
-            tfidf_f1=evaluation.macro_f1("tfidf"),
+            tfidf_f1=evaluation.score(task.classical),
             tfidf_tolerance=promotion.max_loss_to_tfidf,
             domain=evaluation.domain,
             vs_champion=vs_champion,
             champion_tolerance=promotion.max_loss_to_champion,
             intervals=intervals,
+            metric_name=task.metric_name,
+            classical_name=task.classical_name,
         )
         reason = f"{decision.reason}; {note}" if note else decision.reason
         for key, value in {
-            "adapter_macro_f1": f"{evaluation.macro_f1('adapter'):.4f}",
-            "base_macro_f1": f"{evaluation.macro_f1('base'):.4f}",
-            "tfidf_macro_f1": f"{evaluation.macro_f1('tfidf'):.4f}",
+            **{f"{model}_{task.metric}": f"{evaluation.score(model):.4f}" for model in ("adapter", "base", task.classical)},
             **{f"{schema.VS_PREFIX}{model}": d.reads() for model, d in intervals.items()},
             **rescored,
             schema.PROMOTION_DECISION: decision.alias,

@@ -45,6 +45,11 @@ VS_PREFIX = "vs_"  # + model ("base", "tfidf", ...): adapter minus that model on
 VS_CHAMPION = VS_PREFIX + CHAMPION  # the same against the champion of the time, rescored on these rows
 CHAMPION_RESCORED_MACRO_F1 = "champion_rescored_macro_f1"  # that champion's macro-F1 on these rows
 
+
+def champion_rescored(metric: str) -> str:
+    """Tag of the champion's value of ``metric`` on the new version's rows (champion_rescored_rougeL ...)."""
+    return f"champion_rescored_{metric}"
+
 # Tags on runs
 DOMAIN_RUN_PREFIX = "domain_run/"  # + domain_dirname(domain), on a parent run -> the run holding that domain's evaluation
 REGISTERED_MODEL = "registered_model"

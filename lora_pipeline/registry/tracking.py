@@ -7,6 +7,7 @@ thread and domains are processed in worker threads.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -20,10 +21,9 @@ from mlflow.exceptions import MlflowException
 from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
 from lora_pipeline.errors import RegistryError
-from lora_pipeline.evaluation.metrics import SCALAR_METRICS
 from lora_pipeline.provenance import code_version
 from lora_pipeline.registry import schema
-from lora_pipeline.registry.mlflow_model import CODE_PATHS, PYFUNC_ENTRY, model_requirements, signature_for
+from lora_pipeline.registry.mlflow_model import CODE_PATHS, model_requirements, pyfunc_model_for
 
 if TYPE_CHECKING:
     from lora_pipeline.evaluation.evaluate import DomainEvaluation
@@ -139,12 +139,17 @@ def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[
 
 
 def _flat_params(cfg: PipelineConfig) -> dict[str, object]:
-    sections = cfg.model_dump(mode="json", include={"base", "lora", "train", "split", "promotion"})
-    return {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+    sections = cfg.model_dump(mode="json", include={"base", "lora", "train", "split", "promotion"}
+                              | ({"generation"} if cfg.task == "generate" else set()))
+    flat = {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+    return {"task": cfg.task, **flat}
 
 
 def domain_metrics(trained: TrainedAdapter, evaluation: DomainEvaluation, splits: DomainSplits) -> dict[str, float]:
-    metrics = {f"{model}_{name}": values[name] for model, values in evaluation.metrics.items() for name in SCALAR_METRICS}
+    """Every scalar of every model's metrics ("adapter_macro_f1", "lead_rougeL", ...) and the adapter's figures."""
+    metrics = {f"{model}_{name}": float(value) for model, values in evaluation.metrics.items()
+               for name, value in values.items() if isinstance(value, (int, float))}
+    metrics.update(evaluation.efficiency)
     metrics.update(
         adapter_size_bytes=trained.adapter_size_bytes,
         train_seconds=trained.train_seconds,
@@ -161,6 +166,8 @@ def domain_metrics(trained: TrainedAdapter, evaluation: DomainEvaluation, splits
         epochs_run=trained.epochs_run,
         class_weighted=float(trained.class_weights is not None),
     )
+    if math.isnan(trained.best_val_macro_f1):  # a generation adapter: chosen by validation loss
+        del metrics["best_val_macro_f1"]
     if splits.available:  # the row cap: what the user would pay to train on every row
         used, available = splits.counts["train"], splits.available["train"]
         metrics.update(n_train_available=available,
@@ -182,13 +189,14 @@ def log_domain_run(cfg: PipelineConfig, parent_run_id: str, splits: DomainSplits
         mlflow.log_dict({split: [text_key(t) for t in splits.read(split)["text"]] for split in ("train", "val")},
                         SEEN_TEXTS_ARTIFACT)
         requirements, install = model_requirements(cfg.base.name)
+        entry, signature = pyfunc_model_for(splits.labels)
         model_info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=str(PYFUNC_ENTRY),  # models-from-code: no pickle in the artifact
+            python_model=str(entry),  # models-from-code: no pickle in the artifact
             artifacts={"adapter": trained.adapter_dir},
             code_paths=CODE_PATHS,
             pip_requirements=requirements,
-            signature=signature_for(splits.labels),
+            signature=signature,
             metadata={"base_model": cfg.base.name, "labels": splits.labels, "domain": splits.domain, **install},
         )
         mlflow.set_tag(schema.TRAINED_ON, trained.trained_on)

@@ -20,15 +20,20 @@ import pandas as pd
 
 from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.errors import RegistryError
-from lora_pipeline.evaluation.metrics import SCALAR_METRICS, plot_confusion_matrix
-from lora_pipeline.evaluation.significance import bootstrap_interval
+from lora_pipeline.evaluation.generation import rouge_rows
+from lora_pipeline.evaluation.metrics import plot_confusion_matrix
+from lora_pipeline.evaluation.significance import bootstrap_interval, bootstrap_mean_interval
+from lora_pipeline.evaluation.tasks import task_of_metric
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.promotion import tfidf_verdict, tfidf_wins
 from lora_pipeline.registry.tracking import setup_tracking
 
 REPORT_ARTIFACT_DIR = "report"
 # Display names, in the order reports show them; evaluation.py's model keys.
-MODEL_NAMES = {"base": "zero-shot base", "fewshot": "few-shot base", "tfidf": "TF-IDF+LR", "adapter": "LoRA adapter"}
+MODEL_NAMES = {"base": "zero-shot base", "fewshot": "few-shot base", "tfidf": "TF-IDF+LR", "lead": "lead sentence",
+               "adapter": "LoRA adapter"}
+# Per task metric: the tables the report shows (the first is charted and compared).
+REPORTED = {"macro_f1": ("macro_f1", "accuracy"), "rougeL": ("rougeL", "rouge1", "rouge2")}
 EFFICIENCY = ("train_seconds", "adapter_size_bytes", "trainable_params", "latency_p50_ms", "throughput_per_s")
 
 
@@ -36,16 +41,17 @@ def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
     """``results``: domain -> (TrainedAdapter, DomainEvaluation, RegisteredAdapter)."""
     rows = []
     for domain, (trained, evaluation, registered) in sorted(results.items()):
+        metric = evaluation.metric  # macro_f1, or rougeL for generation
         rows.append({
             "domain": domain,
             "status": "registered" if registered.is_new else "unchanged (cached)",
             "model": registered.model_name,
             "version": registered.version,
             "alias": registered.alias,
-            "adapter_macro_f1": round(evaluation.macro_f1("adapter"), 4),
-            "base_macro_f1": round(evaluation.macro_f1("base"), 4),
-            "tfidf_macro_f1": round(evaluation.macro_f1("tfidf"), 4),
-            "adapter_accuracy": round(evaluation.metrics["adapter"]["accuracy"], 4),
+            **{f"{model}_{metric}": round(evaluation.score(model), 4)
+               for model in MODEL_NAMES if model in evaluation.metrics},
+            **({"adapter_accuracy": round(evaluation.metrics["adapter"]["accuracy"], 4)}
+               if "accuracy" in evaluation.metrics["adapter"] else {}),
             "train_seconds": round(trained.train_seconds, 1),
             "adapter_kb": round(trained.adapter_size_bytes / 1024, 1),
             "n_test": evaluation.n_test,
@@ -62,9 +68,9 @@ def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
 def _finding(domain: str, trained, evaluation, registered) -> str:
     """What the user must know about this domain, in words ('' for nothing)."""
     notes = []
-    adapter, tfidf = evaluation.macro_f1("adapter"), evaluation.macro_f1("tfidf")
-    if tfidf_wins(adapter, tfidf):
-        notes.append(tfidf_verdict(domain, adapter, tfidf))
+    adapter, classical = evaluation.score("adapter"), evaluation.score(evaluation.classical)
+    if tfidf_wins(adapter, classical):
+        notes.append(tfidf_verdict(domain, adapter, classical, task_of_metric(evaluation.metric).classical_name))
     if trained.train_rows < trained.train_rows_available:
         minutes = trained.train_seconds * trained.train_rows_available / max(1, trained.train_rows) / 60
         notes.append(f"trained on {trained.train_rows} of {trained.train_rows_available} train rows "
@@ -86,8 +92,11 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def format_results_table(rows: list[dict]) -> str:
-    return markdown_table(rows, ["domain", "status", "version", "alias", "adapter_macro_f1", "base_macro_f1",
-                                 "tfidf_macro_f1", "train_seconds", "max_length", "train_rows", "n_test"])
+    scores = [f"{model}_{metric}" for metric in REPORTED for model in ("adapter", "base", "fewshot", "tfidf", "lead")
+              if metric != "macro_f1" or model != "fewshot"]  # a classification run's few-shot is in the report
+    present = [c for c in scores if any(c in row for row in rows)]
+    return markdown_table(rows, ["domain", "status", "version", "alias", *present, "train_seconds", "max_length",
+                                 "train_rows", "n_test"])
 
 
 # --- the comparison report of one run ---------------------------------------------------------------
@@ -103,7 +112,9 @@ class DomainResult:
     version: str = ""
     decision: str = ""
     reason: str = ""  # the promotion rule's numbers, e.g. "challenger: TF-IDF beats the adapter on ..."
-    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> 95 % bootstrap macro-F1
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> 95 % bootstrap of the metric
+    metric: str = "macro_f1"  # the task's (generation: rougeL)
+    samples: list[dict] = field(default_factory=list)  # generation: a few (input, reference, outputs) rows
 
 
 @dataclass
@@ -118,6 +129,10 @@ class RunComparison:
     def models(self) -> list[str]:
         present = {m for d in self.domains for m in d.metrics}
         return [m for m in MODEL_NAMES if m in present]
+
+    @property
+    def metric(self) -> str:
+        return self.domains[0].metric if self.domains else "macro_f1"
 
     def scores(self, metric: str) -> dict[str, dict[str, float]]:
         """domain -> model -> ``metric``."""
@@ -156,29 +171,37 @@ def collect_comparison(client, run_id: str) -> RunComparison:
             domain = run.data.tags.get(schema.DOMAIN, key)  # the tag key holds a safe form of the name
             local = client.download_artifacts(domain_run_id, "evaluation", tmp)
             evaluation = json.loads((Path(local) / "evaluation.json").read_text())
+            metric = evaluation.get("metric", "macro_f1")
+            predictions = Path(local) / "predictions.jsonl"
             comparison.domains.append(DomainResult(
                 domain=domain,
                 run_id=domain_run_id,
                 labels=evaluation["labels"],
-                metrics={m: {k: v[k] for k in SCALAR_METRICS} for m, v in evaluation["metrics"].items()},
-                confusion={m: v["confusion_matrix"] for m, v in evaluation["metrics"].items()},
+                metrics={m: {k: x for k, x in v.items() if isinstance(x, (int, float))}
+                         for m, v in evaluation["metrics"].items()},
+                confusion={m: v["confusion_matrix"] for m, v in evaluation["metrics"].items() if "confusion_matrix" in v},
                 efficiency={k: run.data.metrics[k] for k in EFFICIENCY if k in run.data.metrics},
                 version=run.data.tags.get(schema.REGISTERED_VERSION, ""),
                 decision=run.data.tags.get(schema.PROMOTION_DECISION, ""),
                 reason=run.data.tags.get(schema.PROMOTION_REASON, ""),
-                intervals=_intervals(Path(local) / "predictions.jsonl", evaluation["labels"]),
+                intervals=_intervals(predictions, evaluation["labels"], metric),
+                metric=metric,
+                samples=(pd.read_json(predictions, lines=True, dtype=False).head(5).to_dict("records")
+                         if metric != "macro_f1" and predictions.is_file() else []),
             ))
     return comparison
 
 
-def _intervals(predictions: Path, labels: list[str]) -> dict[str, tuple[float, float]]:
-    """Per model, the bootstrap interval of its test macro-F1 (none for runs logged without predictions)."""
+def _intervals(predictions: Path, labels: list[str], metric: str = "macro_f1") -> dict[str, tuple[float, float]]:
+    """Per model, the bootstrap interval of its test metric (none for runs logged without predictions)."""
     if not predictions.is_file():
         return {}
     rows = pd.read_json(predictions, lines=True, dtype=False)
-    truth = rows["label"].astype(str).tolist()
-    return {column.removesuffix("_pred"): bootstrap_interval(truth, rows[column].astype(str).tolist(), labels)
-            for column in rows.columns if column.endswith("_pred")}
+    truth = rows[task_of_metric(metric).truth_column].astype(str).tolist()
+    outputs = {c.removesuffix("_pred"): rows[c].astype(str).tolist() for c in rows.columns if c.endswith("_pred")}
+    if metric == "macro_f1":
+        return {model: bootstrap_interval(truth, pred, labels) for model, pred in outputs.items()}
+    return {model: bootstrap_mean_interval(rouge_rows(truth, pred)) for model, pred in outputs.items()}
 
 
 def _iso(ms: int | None) -> str:
@@ -274,11 +297,13 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
     if not comparison.domains:
         return blocks + [("p", "This run has no evaluated domain.")]
     errors = {d.domain: d.intervals for d in comparison.domains}
-    chart = plot_grouped_bars(comparison.scores("macro_f1"), names, "macro-F1",
-                              "Test macro-F1 per domain (error bars: 95 % bootstrap over the test rows)",
-                              out_dir / "quality_macro_f1.png", errors)
-    blocks.append(("img", chart, "macro-F1 per domain and model, with bootstrap intervals"))
-    for metric in ("macro_f1", "accuracy"):
+    metric = comparison.metric
+    label = task_of_metric(metric).metric_name
+    chart = plot_grouped_bars(comparison.scores(metric), names, label,
+                              f"Test {label} per domain (error bars: 95 % bootstrap over the test rows)",
+                              out_dir / f"quality_{metric}.png", errors)
+    blocks.append(("img", chart, f"{label} per domain and model, with bootstrap intervals"))
+    for metric in REPORTED[metric]:
         blocks += [("h2", metric), ("table", [
             {"domain": d, **{names[m]: f"{v:.3f}" for m, v in by_model.items()},
              "adapter - base": f"{by_model['adapter'] - by_model['base']:+.3f}"}
@@ -294,7 +319,13 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
                                                  for d in comparison.domains]]
     for d in comparison.domains:
         blocks += [("h2", f"{d.domain}: every metric"), ("table", [
-            {"model": names[m], **{k: f"{d.metrics[m][k]:.3f}" for k in SCALAR_METRICS}} for m in models if m in d.metrics])]
+            {"model": names[m], **{k: f"{v:.3f}" for k, v in d.metrics[m].items()}} for m in models if m in d.metrics])]
+        if d.samples:
+            blocks += [("p", f"Samples of {d.domain}'s test split:"), ("table", [
+                {"input": _cut(r["text"], 200), "reference": r["target"], "zero-shot base": _cut(r.get("base_pred", "")),
+                 "adapter": _cut(r["adapter_pred"])} for r in d.samples])]
+        if not d.confusion:
+            continue
         blocks.append(("p", f"Confusion matrices (rows: true label, columns: predicted) on {sum(map(sum, d.confusion['adapter']))} test texts."))
         for m in models:
             if m in d.confusion:
@@ -302,6 +333,11 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
                                             out_dir / f"confusion_{domain_dirname(d.domain)}_{m}.png")
                 blocks.append(("img", png, f"{d.domain} {names[m]} confusion matrix"))
     return blocks
+
+
+def _cut(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,9 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
     """Train ``model`` on the domain's train split with the HF Trainer, evaluating on val once per epoch,
     stopping early when it stops improving, and keeping the best checkpoint. Returns (trainer, seconds)."""
     train, compute = inputs.train, inputs.compute
-    train_ds, val_ds, collator = kind.training_data(tokenizer, splits, max_length, inputs.instruction)
+    train_ds, val_ds, collator = kind.training_data(
+        tokenizer, splits, max_length, inputs.instruction_for(splits.domain),
+        max_answer_tokens=inputs.generation.max_target_tokens if inputs.generation else None)
     total_steps, eval_every = _schedule(len(train_ds), train)
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -213,15 +215,15 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
     output_dir = Path(output_dir)
     if inputs.train.torch_threads:
         torch.set_num_threads(inputs.train.torch_threads)
-    kind = kind_of(inputs.base.name)
+    kind = kind_of(inputs.base.name, inputs.task)
 
     # --- setup: the data decides the sequence length and the class weights
     tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
     length = resolve_max_length(tokenizer, splits, inputs.base)
-    weights = class_weights_for(splits, inputs.train)
+    weights = class_weights_for(splits, inputs.train) if kind.classifies else None
     with _TRAIN_LOCK:
         set_seed(inputs.train.seed)
-        model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir)
+        model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir, inputs.task)
         trainable, total = count_parameters(model)
 
         # --- train
@@ -233,7 +235,8 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
-                       max_length=length.max_length, kind=kind.name, instruction=inputs.instruction or "")
+                       max_length=length.max_length, kind=kind.name, instruction=inputs.instruction_for(splits.domain) or "",
+                       max_new_tokens=inputs.generation.max_new_tokens if inputs.generation else 0)
     save_adapter(trainer.model, meta, adapter_dir)
     trainer.model.eval()
     loaded = LoadedAdapter(meta=meta, model=trainer.model, tokenizer=tokenizer, compute=inputs.compute)
@@ -246,7 +249,8 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         trainable_params=trainable,
         total_params=total,
         adapter_size_bytes=adapter_size_bytes(adapter_dir),
-        best_val_macro_f1=_val_macro_f1(trainer, kind, loaded, splits, kind.validation_batch_size(inputs.train)),
+        best_val_macro_f1=(_val_macro_f1(trainer, kind, loaded, splits, kind.validation_batch_size(inputs.train))
+                           if kind.classifies else float("nan")),  # a writer's checkpoint: best val loss
         trained_on=f"{socket.gethostname()}:{os.getpid()}",
         max_length=length.max_length,
         truncated_share=length.truncated_share,
