@@ -296,6 +296,7 @@ class ApiConfig(_Section):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="A request body larger than this is a 413, refused before it is read whole.")
     max_batch_size: int = Field(32, ge=1, description="Texts per forward pass; concurrent requests are batched up to this.")
+    max_new_tokens: int = Field(256, ge=1, le=2048, description="Most tokens a POST /generate request may ask for.")
     batch_wait_ms: float = Field(
         5, ge=0, description="How long the batcher waits for more requests before a forward pass (latency vs. throughput)."
     )

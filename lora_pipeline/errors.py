@@ -35,6 +35,11 @@ class UnknownDomainError(PipelineError, LookupError):
     """A prediction asked for a domain that has no loaded champion."""
 
 
+class WrongTaskError(PipelineError, ValueError):
+    """A domain asked for the other task: /predict of a domain whose adapter writes text, or /generate of a
+    classifier."""
+
+
 # errno values of I/O errors worth retrying (busy, interrupted, would block, remote/NFS hiccups).
 _TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET,
                      errno.ECONNREFUSED, errno.ESTALE}

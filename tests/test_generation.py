@@ -182,3 +182,20 @@ def test_promotion_reads_rouge_l_and_the_lead_baseline(adapter, base, lead, alia
     decision = decide_promotion(adapter, base, 0.02, tfidf_f1=lead, domain="outcome", metric_name=GENERATE.metric_name,
                                 classical_name=GENERATE.classical_name)
     assert decision.alias == alias and says in decision.reason
+
+
+def test_a_serving_pool_writes_with_each_of_its_generation_adapters(tiny):
+    """One tiny causal base (the causal label scorers' pool) holds two generation adapters; mixed batches give
+    each row what its adapter alone writes."""
+    from lora_pipeline.config import LoraSettings
+    from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
+
+    cfg, prepared, trained, root = tiny
+    pool = AdapterPool(TINY_CAUSAL, LoraSettings())
+    for domain in DOMAINS:
+        assert pool.add(domain, trained[domain].adapter_dir).kind == "causal-generator"
+    texts = prepared.domains["outcome"].read("test")["text"].tolist()[:4]
+    requests = [PoolRequest(d, t) for d, t in zip(["challenge", "outcome", "outcome", "challenge"], texts)]
+    mixed = pool.generate(requests, max_new_tokens=6, batch_size=4)
+    alone = [load_adapter(trained[r.adapter].adapter_dir).predict([r.text])[0] for r in requests]
+    assert mixed == alone

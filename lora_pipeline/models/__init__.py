@@ -48,4 +48,10 @@ def kind_of(base_model: str, task: str = "classify") -> ModelKind:
                           f"base.name {base_model} is of kind '{base_kind}'") from None
 
 
-__all__ = ["KINDS", "ModelKind", "kind_named", "kind_of"]
+def tasks_of(base_model: str) -> list[str]:
+    """The tasks adapters on this base can do: classify, and generate for causal LMs."""
+    base_kind = get_spec(base_model).kind
+    return ["classify", *[task for task, kinds in TASK_KINDS.items() if base_kind in kinds]]
+
+
+__all__ = ["KINDS", "TASK_KINDS", "ModelKind", "kind_named", "kind_of", "tasks_of"]

@@ -18,7 +18,7 @@ import torch
 from peft import TaskType
 from transformers import DataCollatorForSeq2Seq
 
-from lora_pipeline.models.causal_scorer import BASE_ROWS, _causal_lm
+from lora_pipeline.models.causal_scorer import BASE_ROWS, CausalLabelScorer, _causal_lm
 from lora_pipeline.models.compute import model_device
 from lora_pipeline.models.kind import ModelKind
 from lora_pipeline.models.prompting import IGNORE
@@ -98,6 +98,7 @@ class CausalGenerator(ModelKind):
     checkpoint_metric = "eval_loss"
     greater_is_better = False
     baselines = ("base", "fewshot")
+    pool_kind = CausalLabelScorer.name  # the same bare causal LM: writers and label scorers share one served base
 
     def load_base(self, spec, labels, cache_dir, dropout=None):
         return _causal_lm(spec, cache_dir, dropout)
@@ -144,4 +145,4 @@ class CausalGenerator(ModelKind):
                 "fewshot": self.generate(adapter, texts, batch, examples=pairs, rows=BASE_ROWS)[0]}
 
     def pool_base(self, spec, max_labels, cache_dir):
-        raise NotImplementedError("serving generation adapters (POST /generate) is not built yet")
+        return _causal_lm(spec, cache_dir)

@@ -37,6 +37,8 @@ class ModelKind(ABC):
     few_shot_api: ClassVar[bool] = False
     # True: predicts one of the domain's labels (class weights, macro-F1); False: writes text (task: generate).
     classifies: ClassVar[bool] = True
+    # The kind whose serving pool (one base in memory) this kind's adapters join; None: its own.
+    pool_kind: ClassVar[str | None] = None
 
     # --- building ---------------------------------------------------------------------------------
     @abstractmethod

@@ -21,11 +21,12 @@ from peft.utils import ModulesToSaveWrapper, load_peft_weights, set_peft_model_s
 
 from lora_pipeline.config import Compute, LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
-from lora_pipeline.models import kind_of
+from lora_pipeline.models import kind_named, kind_of
 from lora_pipeline.models.adapters import AdapterMeta, finite_or_raise, lora_settings_for, verify_checksums
 from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.compute import autocast
 from lora_pipeline.models.encoder import HEAD_NAMES
+from lora_pipeline.models.generator import GenerationPrompt, generate_texts
 
 # The pool's own adapter: always present and active, so removing a served adapter never leaves peft
 # without an active one. Rows are never routed to it.
@@ -74,7 +75,7 @@ class AdapterPool:
         meta = AdapterMeta.load(adapter_dir)
         if meta.base_model != self.base_model:
             raise AdapterLoadError(f"{adapter_dir}: trained on base '{meta.base_model}', this pool serves '{self.base_model}'")
-        if meta.kind != self.kind.name:
+        if self.kind.name not in (meta.kind, kind_named(meta.kind).pool_kind):
             raise AdapterLoadError(f"{adapter_dir}: a {meta.kind} adapter cannot join a {self.kind.name} pool")
         if len(meta.labels) > self.max_labels:
             raise AdapterLoadError(f"{adapter_dir}: {len(meta.labels)} labels, more than api.max_labels={self.max_labels}")
@@ -118,6 +119,17 @@ class AdapterPool:
             probs = self.kind.predict_proba(self.model, self.tokenizer, [r.text for r in requests], metas,
                                             batch_size, adapter_names=[r.adapter for r in requests])
         return [finite_or_raise(p, meta.domain) for p, meta in zip(probs, metas)]  # NaN is never an answer
+
+    def generate(self, requests: list[PoolRequest], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+        """Per request, the greedy output of its (generation) adapter; rows of any adapters share each
+        ``generate`` (peft mixed batches), each after its own adapter's prompt."""
+        with self.lock, autocast(self.compute):
+            metas = [self._meta_for(r.adapter) for r in requests]
+            prompts = [GenerationPrompt(meta.instruction, meta.max_length).build(self.tokenizer, r.text)
+                       for r, meta in zip(requests, metas)]
+            outputs, _ = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens, batch_size,
+                                        adapter_names=[r.adapter for r in requests])
+        return outputs
 
     def predict_few_shot(self, text: str, examples: list[tuple[str, str]], labels: list[str], instruction: str,
                          max_text_tokens: int) -> np.ndarray:

@@ -5,6 +5,8 @@
     POST /predict    {"domain": D, "texts": [...]} or {"items": [{"domain": D, "text": T}, ...]}
     POST /predict_fewshot  {"text": T, "examples": [{"text", "label"}, ...]}: the bare base, prompted
                      (only on bases whose kind offers it; the route does not exist otherwise)
+    POST /generate   {"domain": D, "text": T, "max_new_tokens": N} or {"items": [...], "max_new_tokens": N}:
+                     generation adapters (task: generate; only on bases that can write)
     POST /reload     load new champions now (also done every api.poll_interval_s)
 
 One router per concern; the service, the batcher and the key check are dependencies. Limits come from
@@ -25,11 +27,12 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
 from lora_pipeline.config import ApiConfig, PipelineConfig
-from lora_pipeline.errors import NonFiniteOutputError, UnknownDomainError
-from lora_pipeline.models import kind_of
+from lora_pipeline.errors import NonFiniteOutputError, UnknownDomainError, WrongTaskError
+from lora_pipeline.models import kind_of, tasks_of
 from lora_pipeline.serving.batching import MicroBatcher
-from lora_pipeline.serving.schemas import (AdaptersResponse, Detail, FewShotResponse, HealthResponse, PredictionOut,
-                                           PredictResponse, ReloadResponse, RequestModels, request_models)
+from lora_pipeline.serving.schemas import (AdaptersResponse, Detail, FewShotResponse, GeneratedOut, GenerateResponse,
+                                           HealthResponse, PredictionOut, PredictResponse, ReloadResponse, RequestModels,
+                                           request_models)
 from lora_pipeline.serving.service import ChampionService, Prediction
 
 log = logging.getLogger("lora_pipeline.api")
@@ -145,6 +148,23 @@ def few_shot_router(bodies: RequestModels, errors: dict) -> APIRouter:
     return router
 
 
+def generate_router(bodies: RequestModels, errors: dict) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/generate", responses={**errors, 400: {"model": Detail, "description": "A classification domain"},
+                                         404: {"model": Detail, "description": "A domain with no served champion"}})
+    async def generate(body: bodies.GenerateOne | bodies.GenerateItems, service: Service) -> GenerateResponse:
+        """Each text through its domain's generation adapter (greedy); any mix of domains shares each batch."""
+        items = ([(body.domain, body.text)] if isinstance(body, bodies.GenerateOne)
+                 else [(item.domain, item.text) for item in body.items])
+        service.check_task([domain for domain, _ in items], writes=True)  # fail this request alone, early
+        outputs = await asyncio.to_thread(service.generate, items, body.max_new_tokens)
+        return GenerateResponse(outputs=[GeneratedOut(domain=g.domain, output=g.output, model=g.model_name,
+                                                      model_version=g.model_version) for g in outputs])
+
+    return router
+
+
 def admin_router(errors: dict) -> APIRouter:
     router = APIRouter()
 
@@ -188,6 +208,10 @@ def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> F
     async def _unknown_domain(request: Request, exc: UnknownDomainError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
 
+    @app.exception_handler(WrongTaskError)
+    async def _wrong_task(request: Request, exc: WrongTaskError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
     @app.exception_handler(NonFiniteOutputError)
     async def _broken_adapter(request: Request, exc: NonFiniteOutputError) -> JSONResponse:
         return JSONResponse(status_code=500, content={"detail": str(exc)})
@@ -198,6 +222,8 @@ def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> F
     app.include_router(predict_router(bodies, errors), dependencies=auth)
     if kind_of(cfg.base.name).few_shot_api:  # the route exists only where it can answer
         app.include_router(few_shot_router(bodies, errors), dependencies=auth)
+    if "generate" in tasks_of(cfg.base.name):  # a base that can write: generation domains are served too
+        app.include_router(generate_router(bodies, errors), dependencies=auth)
     app.include_router(admin_router(errors), dependencies=auth)
     return app
 

@@ -41,6 +41,7 @@ class AdapterOut(BaseModel):
     metrics: dict[str, float] = Field(description="Test-split metrics of the served version, from its MLflow run.")
     loaded_at: str | None
     error: LoadErrorOut | None = None
+    task: str | None = Field(None, description="'classify' (POST /predict) or 'generate' (POST /generate).")
 
 
 class AdaptersResponse(BaseModel):
@@ -70,6 +71,17 @@ class FewShotResponse(BaseModel):
     probabilities: dict[str, float]
 
 
+class GeneratedOut(BaseModel):
+    domain: str
+    output: str = Field(description="The domain's adapter's greedy output.")
+    model: str = Field(description="Registered model that answered.")
+    model_version: str
+
+
+class GenerateResponse(BaseModel):
+    outputs: list[GeneratedOut] = Field(description="One per input, in input order.")
+
+
 class Detail(BaseModel):
     detail: str
 
@@ -79,6 +91,8 @@ class RequestModels:
     DomainTexts: type
     MixedItems: type
     FewShotRequest: type
+    GenerateOne: type
+    GenerateItems: type
 
 
 def _valid_unicode(value: str) -> str:
@@ -127,4 +141,16 @@ def request_models(limits: ApiConfig) -> RequestModels:
                 raise ValueError(f"example label '{sorted(set(shown) - set(self.labels))[0]}' is not in 'labels'")
             return self
 
-    return RequestModels(DomainTexts, MixedItems, FewShotRequest)
+    NewTokens = Annotated[int | None, Field(None, ge=1, le=limits.max_new_tokens,
+                                            description="Tokens to write at most; default: the adapter's own.")]
+
+    class GenerateOne(_Body):
+        domain: Domain
+        text: Text
+        max_new_tokens: NewTokens
+
+    class GenerateItems(_Body):
+        items: list[Item] = Field(min_length=1, max_length=limits.max_texts_per_request)
+        max_new_tokens: NewTokens
+
+    return RequestModels(DomainTexts, MixedItems, FewShotRequest, GenerateOne, GenerateItems)

@@ -19,16 +19,18 @@ from urllib.parse import urlparse
 from mlflow import MlflowClient
 
 from lora_pipeline.config import PipelineConfig
-from lora_pipeline.errors import UnknownDomainError
+from lora_pipeline.errors import UnknownDomainError, WrongTaskError
+from lora_pipeline.models import kind_named
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.models.compute import compute_for
+from lora_pipeline.models.generator import DEFAULT_MAX_NEW_TOKENS
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.artifacts import download_adapter, fetch_verified_adapter
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
 # Run metrics shown next to each served adapter in GET /adapters.
-SHOWN_METRICS = ("adapter_macro_f1", "adapter_accuracy", "base_macro_f1", "tfidf_macro_f1",
-                 "adapter_size_bytes", "train_seconds")
+SHOWN_METRICS = ("adapter_macro_f1", "adapter_accuracy", "base_macro_f1", "tfidf_macro_f1", "adapter_rougeL",
+                 "base_rougeL", "lead_rougeL", "adapter_size_bytes", "train_seconds")
 
 
 def _now() -> str:
@@ -44,6 +46,16 @@ class ServedAdapter:
     metrics: dict[str, float]
     slot: str  # its name inside the pool
     loaded_at: str
+    writes: bool = False  # a generation adapter (POST /generate), not a classifier (POST /predict)
+    max_new_tokens: int = 0  # its default output length
+
+
+@dataclass(frozen=True)
+class Generated:
+    domain: str
+    output: str
+    model_name: str
+    model_version: str
 
 
 @dataclass(frozen=True)
@@ -150,7 +162,8 @@ class ChampionService:
         metrics = self.client.get_run(model_version.run_id).data.metrics if model_version.run_id else {}
         return ServedAdapter(domain=domain, model_name=name, version=version, labels=list(meta.labels),
                              metrics={k: metrics[k] for k in SHOWN_METRICS if k in metrics}, slot=slot,
-                             loaded_at=_now())
+                             loaded_at=_now(), writes=not kind_named(meta.kind).classifies,
+                             max_new_tokens=meta.max_new_tokens)
 
     def fetch_adapter(self, name: str, version: str) -> Path:
         """The version's adapter folder, downloaded once into work_dir/serving/<name>/v<version>."""
@@ -163,11 +176,21 @@ class ChampionService:
         if unknown:
             raise UnknownDomainError(f"unknown domain '{unknown[0]}' (served: {', '.join(sorted(self.served)) or 'none'})")
 
+    def check_task(self, domains: list[str], writes: bool) -> None:
+        """Every domain is served, and by an adapter of the asked task."""
+        self.check_domains(domains)
+        for domain in domains:
+            if self.served[domain].writes != writes:
+                route = "POST /generate" if self.served[domain].writes else "POST /predict"
+                raise WrongTaskError(f"domain '{domain}' is served by a "
+                                     f"{'generation' if self.served[domain].writes else 'classification'} "
+                                     f"adapter: use {route}")
+
     def predict(self, items: list[tuple[str, str]]) -> list[Prediction]:
         """(domain, text) pairs -> predictions, in order; any mix of domains shares each forward pass."""
         with self.pool.lock:  # the snapshot's slots stay in the pool until this forward is done
             served = self.served
-            self.check_domains([domain for domain, _ in items])
+            self.check_task([domain for domain, _ in items], writes=False)
             requests = [PoolRequest(served[domain].slot, text) for domain, text in items]
             probs = self.pool.predict_proba(requests, batch_size=self.cfg.api.max_batch_size)
         out = []
@@ -192,17 +215,30 @@ class ChampionService:
         base = self.cfg.base
         return base.max_length if isinstance(base.max_length, int) else base.max_length_cap or get_spec(base.name).length_budget
 
+    def generate(self, items: list[tuple[str, str]], max_new_tokens: int | None = None) -> list[Generated]:
+        """(domain, text) pairs -> each domain's adapter's output (greedy), in order; any mix of domains shares
+        each ``generate``. ``max_new_tokens``: None = the largest default of the adapters asked."""
+        with self.pool.lock:
+            served = self.served
+            self.check_task([domain for domain, _ in items], writes=True)
+            limit = max_new_tokens or max(served[d].max_new_tokens or DEFAULT_MAX_NEW_TOKENS for d, _ in items)
+            outputs = self.pool.generate([PoolRequest(served[domain].slot, text) for domain, text in items], limit,
+                                         batch_size=self.cfg.generation.batch_size)
+        return [Generated(domain, output, served[domain].model_name, served[domain].version)
+                for (domain, _), output in zip(items, outputs)]
+
     def adapters(self) -> list[dict]:
         """Every domain served or failed: version, labels, metrics, and the last load error if any."""
         served, failures = self.served, self.failures
         rows = []
         for domain in sorted(set(served) | set(failures)):
             row: dict = {"domain": domain, "model": None, "version": None, "labels": [], "metrics": {},
-                         "loaded_at": None, "error": None}
+                         "loaded_at": None, "error": None, "task": None}
             if domain in served:
                 adapter = served[domain]
                 row.update(model=adapter.model_name, version=adapter.version, labels=adapter.labels,
-                           metrics=adapter.metrics, loaded_at=adapter.loaded_at)
+                           metrics=adapter.metrics, loaded_at=adapter.loaded_at,
+                           task="generate" if adapter.writes else "classify")
             if domain in failures:
                 failure = failures[domain]
                 row.update(model=row["model"] or failure.model_name,

@@ -1,0 +1,97 @@
+"""task: generate end to end, through the real CLI: ACLSum (its official splits kept) on the real SmolLM2-135M,
+a few rows and steps per aspect; real Prefect (test harness), real MLflow (SQLite in tmp_path). The registered
+version carries ROUGE metrics and a promotion decision on ROUGE-L, and the server writes with it (POST /generate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from lora_pipeline.cli import main
+from lora_pipeline.config import load_config
+from lora_pipeline.data.datasets import fetch_dataset
+from lora_pipeline.evaluation.generation import rouge_rows
+from lora_pipeline.serving.api import create_app
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+NAME = "aclsum-outcome-smollm2-135m"
+
+
+def _settings(project: Path) -> list[str]:
+    return [f"runtime.project_dir={project}", "runtime.precision=fp32", "split.max_train_rows=8",
+            "split.max_val_rows=4", "split.max_test_rows=4", "train.max_steps=2", "train.batch_size=4",
+            "base.max_length=64", "generation.max_new_tokens=8", "eval.latency_samples=1"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    project = tmp_path_factory.mktemp("generate")
+    data = fetch_dataset("aclsum", REPO_ROOT / "data" / "aclsum.csv")
+    args = ["run", "--data", str(data), "--task", "generate", "--domains", "outcome"]
+    for item in _settings(project):
+        args += ["--set", item]
+    assert main(args) == 0
+    return project
+
+
+def test_a_generation_run_registers_rouge_metrics_and_a_rouge_l_decision(project):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    [version] = client.search_model_versions(f"name='{NAME}'")
+    run = client.get_run(version.run_id)
+    metrics = run.data.metrics
+    for model in ("adapter", "base", "fewshot", "lead"):
+        for metric in ("rouge1", "rouge2", "rougeL", "mean_output_words"):
+            assert 0 <= metrics[f"{model}_{metric}"] <= (1 if metric != "mean_output_words" else 100), (model, metric)
+    assert metrics["tokens_per_s"] > 0 and metrics["ms_per_token"] > 0 and metrics["n_test"] == 4
+    assert "best_val_macro_f1" not in metrics and run.data.params["task"] == "generate"
+    tags = version.tags
+    assert tags["adapter_rougeL"] == f"{metrics['adapter_rougeL']:.4f}" and tags["lead_rougeL"]
+    assert f"ROUGE-L {metrics['adapter_rougeL']:.4f} vs zero-shot base {metrics['base_rougeL']:.4f}" in tags["promotion_reason"]
+    assert tags["promotion_decision"] == ("champion" if metrics["adapter_rougeL"] >= max(
+        metrics["base_rougeL"] + 0.02, metrics["lead_rougeL"]) else "challenger")
+    assert "vs_lead" in tags and "vs_fewshot" in tags
+    # The test split is ACLSum's own: every test text is one of its official test abstracts.
+    official = pd.read_csv(REPO_ROOT / "data" / "aclsum.csv")
+    official_test = set(official[(official["split"] == "test") & (official["domain"] == "outcome")]["text"])
+    local = Path(client.download_artifacts(run.info.run_id, "evaluation/predictions.jsonl", str(project)))
+    predictions = pd.read_json(local, lines=True, dtype=False)
+    assert set(predictions["text"]) <= official_test
+    # The logged ROUGE-L is the mean of the rows' own scores.
+    rows = rouge_rows(predictions["target"].tolist(), predictions["adapter_pred"].astype(str).tolist())
+    assert metrics["adapter_rougeL"] == pytest.approx(sum(rows) / len(rows), abs=1e-6)
+    import mlflow
+
+    model_files = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=str(project / "model"),
+                                                            tracking_uri=f"sqlite:///{project / 'mlflow.db'}"))
+    signature = (model_files / "MLmodel").read_text()
+    assert "pyfunc_generator_entry.py" in signature and '"name": "output"' in signature  # text -> output
+
+
+def test_the_server_writes_with_the_registered_generation_adapter(project):
+    cfg = load_config(overrides=[*_settings(project), "task=generate", "data.name=aclsum", "api.poll_interval_s=0"])
+    client = MlflowClient(cfg.tracking_uri)
+    version = client.get_registered_model(NAME).aliases
+    if "champion" not in version:  # a tiny adapter may not earn it; serving serves champions only
+        client.set_registered_model_alias(NAME, "champion", "1")
+    predictions = pd.read_json(next((project / ".lora_pipeline").rglob("predictions.jsonl")), lines=True, dtype=False)
+    text = predictions["text"].iloc[0]
+    with TestClient(create_app(cfg)) as http:
+        listed = http.get("/adapters").json()["adapters"]
+        assert [(a["domain"], a["task"]) for a in listed] == [("outcome", "generate")]
+        one = http.post("/generate", json={"domain": "outcome", "text": text})
+        assert one.status_code == 200, one.text
+        [out] = one.json()["outputs"]
+        # greedy, the adapter's own length: what the offline evaluation wrote for this text
+        assert out["output"] == predictions["adapter_pred"].iloc[0] and out["model"] == NAME
+        items = http.post("/generate", json={"items": [{"domain": "outcome", "text": text}] * 2, "max_new_tokens": 2})
+        assert items.status_code == 200 and len(items.json()["outputs"]) == 2
+        assert http.post("/predict", json={"domain": "outcome", "texts": [text]}).status_code == 400
+        too_long = http.post("/generate", json={"domain": "outcome", "text": text, "max_new_tokens": 100000})
+        assert too_long.status_code == 422 and "max_new_tokens" in str(too_long.json())
+        assert http.post("/generate", json={"domain": "nope", "text": text}).status_code == 404
