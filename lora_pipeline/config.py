@@ -200,19 +200,28 @@ class GenerativeConfig(_Section):
     score_batch_size: int = Field(8, ge=1, description="Prompts per forward pass when scoring labels.")
 
 
-class GenerationConfig(_Section):
+class GenerationPrompting(_Section):
+    """What a generation adapter is trained on and saved with (TrainingInputs reads only this part)."""
+
     instruction: str = Field(
         "Write the {domain} of this text in one sentence.",
         description="First line of every generation prompt (task: generate); {domain} is the domain's name.")
     instructions: dict[str, str] = Field(
         default_factory=dict, description="Domain -> its own instruction, instead of the template above.")
-    max_new_tokens: int = Field(64, ge=1, le=1024, description="Tokens generated per text (greedy) in evaluation.")
+    max_new_tokens: int = Field(64, ge=1, le=1024, description="Tokens an adapter writes per text (greedy), "
+                                "unless a request asks for fewer or more.")
     max_target_tokens: int = Field(96, ge=4, description="Reference tokens trained on; longer targets are cut.")
-    few_shot_k: int = Field(2, ge=1, description="Train (input, output) pairs in the few-shot baseline's prompt.")
-    batch_size: int = Field(8, ge=1, description="Prompts generated together (left-padded, length-sorted).")
 
     def instruction_for(self, domain: str) -> str:
         return self.instructions.get(domain) or self.instruction.replace("{domain}", domain)
+
+
+class GenerationConfig(GenerationPrompting):
+    few_shot_k: int = Field(2, ge=1, description="Train (input, output) pairs in the few-shot baseline's prompt.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together (left-padded, length-sorted).")
+
+    def prompting(self) -> GenerationPrompting:
+        return GenerationPrompting(**self.model_dump(include=set(GenerationPrompting.model_fields)))
 
 
 class PromotionConfig(_Section):
@@ -392,8 +401,8 @@ class TrainingInputs(_Section):
         None, description="The prompt's first line, for kinds that train on a prompt (causal LMs); null otherwise.")
     compute: Compute = Field(default_factory=Compute, description="Device and precision training runs in.")
     task: Literal["classify", "generate"] = Field("classify", description="What the adapter learns (picks the kind).")
-    generation: GenerationConfig | None = Field(
-        None, description="task: generate: the per-domain instruction and the target length; null otherwise.")
+    generation: GenerationPrompting | None = Field(
+        None, description="task: generate: the per-domain instruction and the output lengths; null otherwise.")
 
     def instruction_for(self, domain: str) -> str | None:
         """The prompt's first line for ``domain``: generation's per-domain one, or the classifiers' (if any)."""

@@ -60,7 +60,7 @@ def training_inputs(cfg: PipelineConfig) -> TrainingInputs:
     cannot take stops here, before any data is prepared."""
     check_lengths(cfg.base)
     kind = kind_of(cfg.base.name, cfg.task)
-    generation = cfg.generation if not kind.classifies else None
+    generation = cfg.generation.prompting() if not kind.classifies else None  # not the evaluation-only keys
     return TrainingInputs(base=cfg.base, lora=cfg.lora, train=cfg.train,
                           instruction=cfg.generative.instruction if kind.prompted and kind.classifies else None,
                           compute=compute_for(cfg.runtime), task=cfg.task, generation=generation)

@@ -199,3 +199,14 @@ def test_a_serving_pool_writes_with_each_of_its_generation_adapters(tiny):
     mixed = pool.generate(requests, max_new_tokens=6, batch_size=4)
     alone = [load_adapter(trained[r.adapter].adapter_dir).predict([r.text])[0] for r in requests]
     assert mixed == alone
+
+
+@pytest.mark.parametrize("setting, retrains", [
+    ("generation.max_target_tokens=40", True), ("generation.instruction=Summarise the {domain}.", True),
+    ("generation.max_new_tokens=32", True),  # saved with the adapter: what it writes by default
+    ("generation.few_shot_k=4", False), ("generation.batch_size=2", False),  # the evaluation's only
+])
+def test_only_what_training_reads_is_part_of_a_generation_adapters_identity(setting, retrains):
+    base = training_inputs(load_config(overrides=["task=generate"], env={}))
+    changed = training_inputs(load_config(overrides=["task=generate", setting], env={}))
+    assert (base.sha256() != changed.sha256()) == retrains

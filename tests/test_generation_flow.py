@@ -71,6 +71,10 @@ def test_a_generation_run_registers_rouge_metrics_and_a_rouge_l_decision(project
                                                             tracking_uri=f"sqlite:///{project / 'mlflow.db'}"))
     signature = (model_files / "MLmodel").read_text()
     assert "pyfunc_generator_entry.py" in signature and '"name": "output"' in signature  # text -> output
+    # ... and, loaded as any MLflow model, it writes what the evaluation wrote (greedy, its own length)
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    written = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(predictions[["text"]].head(2))
+    assert written["output"].tolist() == predictions["adapter_pred"].head(2).tolist()
 
 
 def test_the_server_writes_with_the_registered_generation_adapter(project):
@@ -95,3 +99,17 @@ def test_the_server_writes_with_the_registered_generation_adapter(project):
         too_long = http.post("/generate", json={"domain": "outcome", "text": text, "max_new_tokens": 100000})
         assert too_long.status_code == 422 and "max_new_tokens" in str(too_long.json())
         assert http.post("/generate", json={"domain": "nope", "text": text}).status_code == 404
+
+
+def test_models_compare_on_a_file_scores_a_generation_model_with_rouge(project, tmp_path):
+    from lora_pipeline.registry.comparison import compare_on_file
+
+    cfg = load_config(overrides=[*_settings(project), "task=generate", "data.name=aclsum"])
+    predictions = pd.read_json(next((project / ".lora_pipeline").rglob("predictions.jsonl")), lines=True, dtype=False)
+    path = tmp_path / "traffic.csv"
+    predictions[["text", "target"]].head(3).to_csv(path, index=False)  # no domain column: every row counts
+    table = compare_on_file(MlflowClient(cfg.tracking_uri), cfg, NAME, path)
+    [row] = table.to_dict("records")
+    rows = rouge_rows(predictions["target"].head(3).tolist(), predictions["adapter_pred"].head(3).astype(str).tolist())
+    assert row["rows"] == 3 and row["seen_rows"] == 0 and "accuracy" not in row
+    assert row["rougeL"] == pytest.approx(round(sum(rows) / 3, 4), abs=1e-4)  # the same greedy outputs

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from lora_pipeline.evaluation.evaluate import evaluate_domain
 from lora_pipeline.evaluation.generation import evaluate_generation, rouge_rows
 from lora_pipeline.evaluation.metrics import classification_metrics
-from lora_pipeline.evaluation.significance import Difference, paired_bootstrap, paired_bootstrap_mean
+from lora_pipeline.evaluation.significance import (Difference, bootstrap_interval, bootstrap_mean_interval,
+                                                   paired_bootstrap, paired_bootstrap_mean)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Task:
     evaluate: Callable  # (splits, adapter_dir, EvaluationInputs, out_dir) -> DomainEvaluation
     score_rows: Callable[[Sequence[str], Sequence[str], Sequence[str]], float]  # (truth, pred, labels) -> metric
     compare: Callable[..., Difference]  # (truth, pred_a, pred_b, labels, samples, confidence, seed) -> A - B
+    interval: Callable[..., tuple[float, float]]  # (truth, pred, labels, samples, confidence) -> bootstrap interval
 
 
 def _macro_f1(truth, pred, labels) -> float:
@@ -44,10 +46,14 @@ def _rouge_l_difference(truth, pred_a, pred_b, labels, samples=1000, confidence=
                                  samples, confidence, seed)
 
 
+def _rouge_l_interval(truth, pred, labels, samples=1000, confidence=0.95) -> tuple[float, float]:
+    return bootstrap_mean_interval(rouge_rows(list(truth), list(pred)), samples, confidence)
+
+
 CLASSIFY = Task("classify", "macro_f1", "macro-F1", "tfidf", "TF-IDF", "label", evaluate_domain, _macro_f1,
-                paired_bootstrap)
+                paired_bootstrap, bootstrap_interval)
 GENERATE = Task("generate", "rougeL", "ROUGE-L", "lead", "lead sentence", "target", evaluate_generation,
-                _mean_rouge_l, _rouge_l_difference)
+                _mean_rouge_l, _rouge_l_difference, _rouge_l_interval)
 TASKS: dict[str, Task] = {task.name: task for task in (CLASSIFY, GENERATE)}
 
 

@@ -20,9 +20,7 @@ import pandas as pd
 
 from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.errors import RegistryError
-from lora_pipeline.evaluation.generation import rouge_rows
 from lora_pipeline.evaluation.metrics import plot_confusion_matrix
-from lora_pipeline.evaluation.significance import bootstrap_interval, bootstrap_mean_interval
 from lora_pipeline.evaluation.tasks import task_of_metric
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.promotion import tfidf_verdict, tfidf_wins
@@ -197,11 +195,10 @@ def _intervals(predictions: Path, labels: list[str], metric: str = "macro_f1") -
     if not predictions.is_file():
         return {}
     rows = pd.read_json(predictions, lines=True, dtype=False)
-    truth = rows[task_of_metric(metric).truth_column].astype(str).tolist()
-    outputs = {c.removesuffix("_pred"): rows[c].astype(str).tolist() for c in rows.columns if c.endswith("_pred")}
-    if metric == "macro_f1":
-        return {model: bootstrap_interval(truth, pred, labels) for model, pred in outputs.items()}
-    return {model: bootstrap_mean_interval(rouge_rows(truth, pred)) for model, pred in outputs.items()}
+    task = task_of_metric(metric)
+    truth = rows[task.truth_column].astype(str).tolist()
+    return {c.removesuffix("_pred"): task.interval(truth, rows[c].astype(str).tolist(), labels)
+            for c in rows.columns if c.endswith("_pred")}
 
 
 def _iso(ms: int | None) -> str:
