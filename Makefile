@@ -26,7 +26,7 @@ demo: install data
 
 # Generation: ACLSum's three aspects (paper abstract -> one-sentence challenge / approach / outcome) on
 # SmolLM2-135M, each aspect an adapter, evaluated with ROUGE against the zero-shot and few-shot base and the lead
-# sentence (~40 min on 2 CPU cores; README, "Generation adapters"). Batch 8 and 3 epochs: a SmolLM2 step at
+# sentence (~50 min on 2 CPU cores; README, "Generation adapters"). Batch 8 and 3 epochs: a SmolLM2 step at
 # 250 tokens costs ~9 s here, so the classifiers' 150-step minimum would take an hour per aspect.
 demo-generate: install
 	$(BIN)/lora-pipeline fetch-data --dataset aclsum
