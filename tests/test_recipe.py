@@ -134,13 +134,15 @@ def test_the_gate_knows_the_classical_baseline(adapter, base, margin, tfidf, tol
 def test_the_run_summary_states_tfidf_wins_and_the_row_cap():
     from types import SimpleNamespace
 
+    from lora_pipeline.evaluation.evaluate import DomainEvaluation
     from lora_pipeline.reporting.report import findings, summary_rows
 
     def result(adapter, tfidf, rows, available):
         trained = SimpleNamespace(train_seconds=60.0, adapter_size_bytes=1024, max_length=256, truncated_share=0.3,
                                   train_rows=rows, train_rows_available=available)
         metrics = {m: {"macro_f1": f, "accuracy": f} for m, f in (("adapter", adapter), ("base", 0.3), ("tfidf", tfidf))}
-        evaluation = SimpleNamespace(metrics=metrics, n_test=100, macro_f1=lambda m: metrics[m]["macro_f1"])
+        evaluation = DomainEvaluation(domain="d", labels=["a", "b"], n_test=100, metrics=metrics, latency_p50_ms=1.0,
+                                      latency_p95_ms=1.0, throughput_per_s=1.0, artifacts_dir="")
         registered = SimpleNamespace(is_new=True, model_name="m", version="1", alias="challenger")
         return trained, evaluation, registered
 

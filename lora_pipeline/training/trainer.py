@@ -235,7 +235,8 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
-                       max_length=length.max_length, kind=kind.name, instruction=inputs.instruction_for(splits.domain) or "",
+                       max_length=length.max_length, kind=kind.name,
+                       instruction=inputs.instruction_for(splits.domain) or "",
                        max_new_tokens=inputs.generation.max_new_tokens if inputs.generation else 0)
     save_adapter(trainer.model, meta, adapter_dir)
     trainer.model.eval()
