@@ -53,6 +53,13 @@ def _resamples(n: int, samples: int, seed: int, cells: int = 2_000_000):
         yield rng.integers(0, n, size=(min(per_block, samples - start), n))
 
 
+def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` share of the resampled ``values`` (percentile bootstrap)."""
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return round(float(low), 6), round(float(high), 6)
+
+
 def _label_ids(values: Sequence, labels: Sequence[str]) -> np.ndarray:
     index = {label: i for i, label in enumerate(labels)}
     return np.array([index.get(x, -1) for x in values])
@@ -63,9 +70,7 @@ def bootstrap_interval(truth: Sequence, pred: Sequence, labels: Sequence[str], s
     """The percentile interval of one model's macro-F1 over resamples of the test rows (the report's error bars)."""
     y, p = _label_ids(truth, labels), _label_ids(pred, labels)
     f1 = np.concatenate([_macro_f1_per_sample(y[rows], p[rows], len(labels)) for rows in _resamples(len(y), samples, seed)])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(f1, [tail, 100 - tail])
-    return round(float(low), 6), round(float(high), 6)
+    return _percentile_interval(f1, confidence)
 
 
 def paired_bootstrap(truth: Sequence, pred_a: Sequence, pred_b: Sequence, labels: Sequence[str],
@@ -78,10 +83,8 @@ def paired_bootstrap(truth: Sequence, pred_a: Sequence, pred_b: Sequence, labels
         for rows in _resamples(n, samples, seed)])
     observed = float(_macro_f1_per_sample(y[None], a[None], len(labels))[0]
                      - _macro_f1_per_sample(y[None], b[None], len(labels))[0])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return Difference(diff=round(observed, 6), low=round(float(low), 6), high=round(float(high), 6),
-                      confidence=confidence, n_rows=n, samples=samples)
+    low, high = _percentile_interval(diffs, confidence)
+    return Difference(diff=round(observed, 6), low=low, high=high, confidence=confidence, n_rows=n, samples=samples)
 
 
 def paired_bootstrap_mean(scores_a: Sequence[float], scores_b: Sequence[float], samples: int = 1000,
@@ -90,10 +93,9 @@ def paired_bootstrap_mean(scores_a: Sequence[float], scores_b: Sequence[float], 
     interval over ``samples`` resamples of the rows."""
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
     diffs = np.concatenate([(a[rows] - b[rows]).mean(axis=1) for rows in _resamples(len(a), samples, seed)])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    return Difference(diff=round(float((a - b).mean()), 6), low=round(float(low), 6), high=round(float(high), 6),
-                      confidence=confidence, n_rows=len(a), samples=samples)
+    low, high = _percentile_interval(diffs, confidence)
+    return Difference(diff=round(float((a - b).mean()), 6), low=low, high=high, confidence=confidence,
+                      n_rows=len(a), samples=samples)
 
 
 def bootstrap_mean_interval(scores: Sequence[float], samples: int = 1000, confidence: float = 0.95,
@@ -101,6 +103,4 @@ def bootstrap_mean_interval(scores: Sequence[float], samples: int = 1000, confid
     """The percentile interval of a mean per-row score (the report's error bars for ROUGE)."""
     x = np.asarray(scores, dtype=float)
     means = np.concatenate([x[rows].mean(axis=1) for rows in _resamples(len(x), samples, seed)])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return round(float(low), 6), round(float(high), 6)
+    return _percentile_interval(means, confidence)

@@ -90,6 +90,17 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, ba
     return outputs, lengths
 
 
+def write_texts(model, tokenizer, texts: list[str], metas: list, batch_size: int, max_new_tokens: int | None = None,
+                adapter_names: list[str] | None = None, examples=()) -> tuple[list[str], list[int]]:
+    """Each text after its own adapter's prompt (``metas[i]``: instruction and input length), written greedily:
+    what evaluation, the pyfunc model and the serving pool all call. ``max_new_tokens``: None = the largest
+    length the adapters were saved with."""
+    prompts = [GenerationPrompt(meta.instruction, meta.max_length).build(tokenizer, text, examples)
+               for text, meta in zip(texts, metas)]
+    limit = max_new_tokens or max((meta.max_new_tokens or DEFAULT_MAX_NEW_TOKENS for meta in metas), default=1)
+    return generate_texts(model, tokenizer, prompts, limit, batch_size, adapter_names=adapter_names)
+
+
 class CausalGenerator(ModelKind):
     name: ClassVar[str] = "causal-generator"
     task_type = TaskType.CAUSAL_LM
@@ -127,12 +138,8 @@ class CausalGenerator(ModelKind):
     def generate(self, adapter: LoadedAdapter, texts: list[str], batch_size: int, examples=(),
                  rows: str | None = None) -> tuple[list[str], list[int]]:
         """The adapter's outputs (``rows``: None), or the bare base's (``rows``: BASE_ROWS), for ``texts``."""
-        meta = adapter.meta
-        prompt = GenerationPrompt(meta.instruction, meta.max_length)
-        prompts = [prompt.build(adapter.tokenizer, text, examples) for text in texts]
-        names = [rows] * len(texts) if rows else None
-        return generate_texts(adapter.model, adapter.tokenizer, prompts, meta.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                              batch_size, adapter_names=names)
+        return write_texts(adapter.model, adapter.tokenizer, texts, [adapter.meta] * len(texts), batch_size,
+                           adapter_names=[rows] * len(texts) if rows else None, examples=examples)
 
     def prediction_batch_size(self, inputs: EvaluationInputs) -> int:
         return inputs.generation.batch_size if inputs.generation else 8

@@ -46,30 +46,33 @@ def model_requirements(base_model: str) -> tuple[list[str], dict[str, str]]:
     return requirements, metadata
 
 
-class AdapterClassifier(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: DataFrame with a ``text`` column -> ``label`` + one ``p_<label>`` column per label."""
+class _SavedAdapter(mlflow.pyfunc.PythonModel):
+    """Loads the version's adapter folder (its base from its package) and reads the ``text`` column."""
 
     def load_context(self, context) -> None:
         self.adapter: LoadedAdapter = load_adapter(context.artifacts["adapter"])
 
+    @staticmethod
+    def _texts(model_input) -> list[str]:
+        return model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
+
+
+class AdapterClassifier(_SavedAdapter):
+    """pyfunc wrapper: DataFrame with a ``text`` column -> ``label`` + one ``p_<label>`` column per label."""
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        texts = model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
-        probs = self.adapter.predict_proba(texts)
+        probs = self.adapter.predict_proba(self._texts(model_input))
         labels = self.adapter.meta.labels
         out = pd.DataFrame(probs, columns=[f"p_{label}" for label in labels])
         out.insert(0, "label", [labels[i] for i in probs.argmax(axis=1)])
         return out
 
 
-class AdapterGenerator(mlflow.pyfunc.PythonModel):
+class AdapterGenerator(_SavedAdapter):
     """pyfunc wrapper of a generation adapter: DataFrame with a ``text`` column -> ``output`` (greedy)."""
 
-    def load_context(self, context) -> None:
-        self.adapter: LoadedAdapter = load_adapter(context.artifacts["adapter"])
-
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        texts = model_input["text"].astype(str).tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
-        return pd.DataFrame({"output": self.adapter.predict(texts, batch_size=8)})
+        return pd.DataFrame({"output": self.adapter.predict(self._texts(model_input), batch_size=8)})
 
 
 def signature_for(labels: list[str]) -> ModelSignature:

@@ -26,7 +26,7 @@ from lora_pipeline.models.adapters import AdapterMeta, finite_or_raise, lora_set
 from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.compute import autocast
 from lora_pipeline.models.encoder import HEAD_NAMES
-from lora_pipeline.models.generator import GenerationPrompt, generate_texts
+from lora_pipeline.models.generator import write_texts
 
 # The pool's own adapter: always present and active, so removing a served adapter never leaves peft
 # without an active one. Rows are never routed to it.
@@ -120,15 +120,14 @@ class AdapterPool:
                                             batch_size, adapter_names=[r.adapter for r in requests])
         return [finite_or_raise(p, meta.domain) for p, meta in zip(probs, metas)]  # NaN is never an answer
 
-    def generate(self, requests: list[PoolRequest], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    def generate(self, requests: list[PoolRequest], max_new_tokens: int | None = None,
+                 batch_size: int = 8) -> list[str]:
         """Per request, the greedy output of its (generation) adapter; rows of any adapters share each
         ``generate`` (peft mixed batches), each after its own adapter's prompt."""
         with self.lock, autocast(self.compute):
             metas = [self._meta_for(r.adapter) for r in requests]
-            prompts = [GenerationPrompt(meta.instruction, meta.max_length).build(self.tokenizer, r.text)
-                       for r, meta in zip(requests, metas)]
-            outputs, _ = generate_texts(self.model, self.tokenizer, prompts, max_new_tokens, batch_size,
-                                        adapter_names=[r.adapter for r in requests])
+            outputs, _ = write_texts(self.model, self.tokenizer, [r.text for r in requests], metas, batch_size,
+                                     max_new_tokens, adapter_names=[r.adapter for r in requests])
         return outputs
 
     def predict_few_shot(self, text: str, examples: list[tuple[str, str]], labels: list[str], instruction: str,

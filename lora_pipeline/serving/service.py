@@ -23,7 +23,6 @@ from lora_pipeline.errors import UnknownDomainError, WrongTaskError
 from lora_pipeline.models import kind_named
 from lora_pipeline.models.bases import get_spec
 from lora_pipeline.models.compute import compute_for
-from lora_pipeline.models.generator import DEFAULT_MAX_NEW_TOKENS
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.artifacts import download_adapter, fetch_verified_adapter
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
@@ -47,7 +46,6 @@ class ServedAdapter:
     slot: str  # its name inside the pool
     loaded_at: str
     writes: bool = False  # a generation adapter (POST /generate), not a classifier (POST /predict)
-    max_new_tokens: int = 0  # its default output length
 
 
 @dataclass(frozen=True)
@@ -162,8 +160,7 @@ class ChampionService:
         metrics = self.client.get_run(model_version.run_id).data.metrics if model_version.run_id else {}
         return ServedAdapter(domain=domain, model_name=name, version=version, labels=list(meta.labels),
                              metrics={k: metrics[k] for k in SHOWN_METRICS if k in metrics}, slot=slot,
-                             loaded_at=_now(), writes=not kind_named(meta.kind).classifies,
-                             max_new_tokens=meta.max_new_tokens)
+                             loaded_at=_now(), writes=not kind_named(meta.kind).classifies)
 
     def fetch_adapter(self, name: str, version: str) -> Path:
         """The version's adapter folder, downloaded once into work_dir/serving/<name>/v<version>."""
@@ -221,9 +218,8 @@ class ChampionService:
         with self.pool.lock:
             served = self.served
             self.check_task([domain for domain, _ in items], writes=True)
-            limit = max_new_tokens or max(served[d].max_new_tokens or DEFAULT_MAX_NEW_TOKENS for d, _ in items)
-            outputs = self.pool.generate([PoolRequest(served[domain].slot, text) for domain, text in items], limit,
-                                         batch_size=self.cfg.generation.batch_size)
+            outputs = self.pool.generate([PoolRequest(served[domain].slot, text) for domain, text in items],
+                                         max_new_tokens, batch_size=self.cfg.generation.batch_size)
         return [Generated(domain, output, served[domain].model_name, served[domain].version)
                 for (domain, _), output in zip(items, outputs)]
 
