@@ -169,7 +169,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _require_store(cfg)
     service = ChampionService(cfg)  # loaded before binding, so a bad config is one line, not a traceback
     report = service.reload()
-    print(f"loaded: {', '.join(report.loaded) or 'no champions yet'}" + "".join(f"\nFAILED: {f}" for f in report.failed))
+    print(f"loaded: {', '.join(report.loaded) or 'no champions yet'}" + "".join(f"\nFAILED: {f}" for f in report.failed)
+          + "".join(f"\nskipped: {s}" for s in report.skipped))
     print(f"serving on http://{cfg.api.host}:{cfg.api.port} (docs: /docs); registry {cfg.tracking_uri}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")  # reloads
     uvicorn.run(create_app(cfg, service), host=cfg.api.host, port=cfg.api.port, log_level="info")

@@ -69,6 +69,9 @@ def domain_dirname(domain: str) -> str:
     return f"{safe_name(domain)[:40]}-{hashlib.sha256(domain.encode()).hexdigest()[:8]}"
 
 
+# promotion.metric: what each task may rank by, its default first (evaluation/tasks.py defines how each is
+# scored and bootstrapped; a test keeps the two in step).
+PROMOTION_METRICS = {"classify": ("macro_f1", "accuracy"), "generate": ("rougeL", "rouge1", "rouge2")}
 GENERATION_DEFAULT_BASE = "smollm2-135m"  # base.name for task: generate when left at the classifiers' default
 MAX_SEED = 2**32 - 1  # numpy's and the HF Trainer's seeds are 32-bit; a larger one fails only once training starts
 
@@ -225,24 +228,27 @@ class GenerationConfig(GenerationPrompting):
 
 
 class PromotionConfig(_Section):
+    metric: str | None = Field(
+        None, description="What promotion compares (and the reports rank by): null = the task's own, macro_f1 for "
+        "classify (or accuracy), rougeL for generate (or rouge1, rouge2). The margins below are in its units.")
     min_gain_over_base: float = Field(
-        0.02, description="Macro-F1 the adapter must gain over the zero-shot base to become champion."
+        0.02, description="Metric points the adapter must gain over the zero-shot base to become champion."
     )
     max_loss_to_tfidf: float = Field(
-        0.0, ge=0, description="Macro-F1 the adapter may lose to the TF-IDF + logistic regression baseline and still "
-        "become champion; 0 = it must not be below it.")
+        0.0, ge=0, description="Metric points the adapter may lose to the classical baseline (TF-IDF + logistic "
+        "regression; generation: the lead sentence) and still become champion; 0 = it must not be below it.")
     max_loss_to_champion: float = Field(
         0.01, ge=0, description="Non-inferiority margin against the current champion, both scored on the new "
-        "version's test rows: the lower end of the bootstrap interval of (new - champion) macro-F1 must be at least "
+        "version's test rows: the lower end of the bootstrap interval of (new - champion) metric must be at least "
         "-this. A difference the test rows cannot tell from noise holds the new version back.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the bootstrap intervals.")
     bootstrap_samples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the test rows.")
     rescore_champion: bool = Field(
         True, description="Score the current champion on the new version's test rows that it never trained or "
-        "validated on (same rows for both) before deciding; false = compare with the champion's recorded macro-F1 "
+        "validated on (same rows for both) before deciding; false = compare with the champion's recorded metric "
         "on its own, older split.")
     min_rescored_rows: int = Field(
-        30, ge=1, description="Fewer such rows than this: no fair comparison; the champion's recorded macro-F1 "
+        30, ge=1, description="Fewer such rows than this: no fair comparison; the champion's recorded metric "
         "decides, and the reason says so.")
 
 
@@ -306,6 +312,10 @@ class ApiConfig(_Section):
         1_048_576, ge=1024, description="A request body larger than this is a 413, refused before it is read whole.")
     max_batch_size: int = Field(32, ge=1, description="Texts per forward pass; concurrent requests are batched up to this.")
     max_new_tokens: int = Field(256, ge=1, le=2048, description="Most tokens a POST /generate request may ask for.")
+    datasets: list[str] = Field(
+        default_factory=list, description="Datasets whose champions (on base.name) one server holds, e.g. [vader, "
+        "aclsum]: classifiers and writers side by side; empty = this config's dataset (data.name). A domain in two of "
+        "them is served from the first listed (the other is reported as not loaded).")
     batch_wait_ms: float = Field(
         5, ge=0, description="How long the batcher waits for more requests before a forward pass (latency vs. throughput)."
     )
@@ -347,6 +357,19 @@ class PipelineConfig(_Section):
             self.base = self.base.model_copy(update={"name": GENERATION_DEFAULT_BASE})
         return self
 
+    @model_validator(mode="after")
+    def _promotion_metric(self) -> PipelineConfig:
+        allowed = PROMOTION_METRICS[self.task]
+        if self.promotion.metric is not None and self.promotion.metric not in allowed:
+            raise ValueError(f"promotion.metric '{self.promotion.metric}' is not a {self.task} metric "
+                             f"({', '.join(allowed)})")
+        return self
+
+    @property
+    def promotion_metric(self) -> str:
+        """The metric promotion compares: promotion.metric, or the task's own."""
+        return self.promotion.metric or PROMOTION_METRICS[self.task][0]
+
     # Derived locations, all under project_dir unless absolute.
     @property
     def project_dir(self) -> Path:
@@ -368,6 +391,11 @@ class PipelineConfig(_Section):
     def dataset_name(self) -> str:
         """data.name, or the data file's stem ('vader' for the built-in set), made safe for MLflow names."""
         return safe_name(self.data.name or (Path(self.data.path).stem if self.data.path else "vader"))
+
+    @property
+    def served_datasets(self) -> list[str]:
+        """The datasets whose champions a server loads: api.datasets, or this config's dataset."""
+        return [safe_name(name) for name in self.api.datasets] or [self.dataset_name]
 
     @property
     def artifact_root(self) -> Path:
@@ -522,4 +550,6 @@ def load_config(
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
+        if not where:  # a rule across sections: its message names the keys
+            raise ConfigError(f"config: {err['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"config key '{where}': {err['msg']}") from None

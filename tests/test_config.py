@@ -54,11 +54,29 @@ def test_default_tracking_uri_is_project_sqlite(tmp_path):
         ("noequals", "section.key=value"),
         ("train.seed=4294967296", "train.seed"),  # numpy's seeds are 32-bit: refused now, not once training starts
         ("split.seed=-1", "split.seed"),
+        ("promotion.metric=rougeL", "promotion.metric 'rougeL' is not a classify metric (macro_f1, accuracy)"),
+        ("promotion.metric=f1", "promotion.metric 'f1' is not a classify metric"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(overrides=[override], env={})
+
+
+@pytest.mark.parametrize("task, metric, expected", [
+    ("classify", None, "macro_f1"), ("classify", "accuracy", "accuracy"),
+    ("generate", None, "rougeL"), ("generate", "rouge2", "rouge2"),
+])
+def test_promotion_compares_the_tasks_metric_unless_told(task, metric, expected):
+    cfg = load_config(overrides=[f"task={task}"] + ([f"promotion.metric={metric}"] if metric else []), env={})
+    assert cfg.promotion_metric == expected
+
+
+def test_every_promotion_metric_is_scored_and_bootstrapped_by_its_task():
+    from lora_pipeline.config import PROMOTION_METRICS
+    from lora_pipeline.evaluation.tasks import TASKS
+
+    assert {name: tuple(m.key for m in task.metrics) for name, task in TASKS.items()} == PROMOTION_METRICS
 
 
 def test_config_hash_changes_with_values():

@@ -179,7 +179,7 @@ def test_the_evaluation_scores_every_model_with_rouge_and_writes_samples(tiny):
     (0.21, 0.20, 0.10, "challenger", "ROUGE-L 0.2100 vs zero-shot base 0.2000: gain +0.0100 < margin 0.0200"),
 ])
 def test_promotion_reads_rouge_l_and_the_lead_baseline(adapter, base, lead, alias, says):
-    decision = decide_promotion(adapter, base, 0.02, tfidf_f1=lead, domain="outcome", metric_name=GENERATE.metric_name,
+    decision = decide_promotion(adapter, base, 0.02, tfidf_f1=lead, domain="outcome", metric_name=GENERATE.metric.name,
                                 classical_name=GENERATE.classical_name)
     assert decision.alias == alias and says in decision.reason
 

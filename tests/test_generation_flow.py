@@ -113,3 +113,38 @@ def test_models_compare_on_a_file_scores_a_generation_model_with_rouge(project, 
     rows = rouge_rows(predictions["target"].head(3).tolist(), predictions["adapter_pred"].head(3).astype(str).tolist())
     assert row["rows"] == 3 and row["seen_rows"] == 0 and "accuracy" not in row
     assert row["rougeL"] == pytest.approx(round(sum(rows) / 3, 4), abs=1e-4)  # the same greedy outputs
+
+
+def test_one_server_holds_a_classification_dataset_and_a_generation_dataset_on_one_base(project, vader_csv):
+    """api.datasets: [vader, aclsum] on SmolLM2: a classifier (tweets) and a writer (outcome) in one server, one
+    base in memory; a third dataset with a domain already taken is reported, not loaded."""
+    args = ["run", "--data", str(vader_csv), "--domains", "tweets", "--set", "base.name=smollm2-135m",
+            "--set", "promotion.min_gain_over_base=-1", "--set", "promotion.max_loss_to_tfidf=1"]
+    for item in _settings(project):
+        args += ["--set", item]
+    assert main(args) == 0
+    cfg = load_config(overrides=[*_settings(project), "base.name=smollm2-135m", "api.poll_interval_s=0",
+                                 "api.datasets=[vader, aclsum, papers]"])
+    client = MlflowClient(cfg.tracking_uri)
+    if "champion" not in client.get_registered_model(NAME).aliases:
+        client.set_registered_model_alias(NAME, "champion", "1")
+    # Another dataset with an 'outcome' domain on the same base: listed after aclsum, so not served.
+    source = client.get_model_version(NAME, "1")
+    client.create_registered_model("papers-outcome-smollm2-135m", tags={
+        **client.get_registered_model(NAME).tags, "dataset": "papers"})
+    client.create_model_version("papers-outcome-smollm2-135m", source.source, run_id=source.run_id, tags=source.tags)
+    client.set_registered_model_alias("papers-outcome-smollm2-135m", "champion", "1")
+
+    predictions = pd.read_json(next((project / ".lora_pipeline").rglob("predictions.jsonl")), lines=True, dtype=False)
+    with TestClient(create_app(cfg)) as http:
+        listed = http.get("/adapters").json()
+        assert listed["datasets"] == ["vader", "aclsum", "papers"]
+        assert {(a["domain"], a["model"], a["task"]) for a in listed["adapters"]} == {
+            ("outcome", NAME, "generate"), ("tweets", "vader-tweets-smollm2-135m", "classify")}
+        classified = http.post("/predict", json={"domain": "tweets", "texts": ["I love it", "I hate it"]})
+        assert classified.status_code == 200, classified.text
+        assert {p["label"] for p in classified.json()["predictions"]} <= {"negative", "neutral", "positive"}
+        written = http.post("/generate", json={"domain": "outcome", "text": predictions["text"].iloc[0]})
+        assert written.status_code == 200 and written.json()["outputs"][0]["output"] == predictions["adapter_pred"].iloc[0]
+        [skipped] = http.post("/reload").json()["skipped"]
+        assert skipped.startswith("papers-outcome-smollm2-135m v1: not loaded, domain 'outcome' is served by " + NAME)

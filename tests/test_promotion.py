@@ -82,3 +82,31 @@ def test_the_champion_comparison_is_on_the_same_rows_and_must_survive_the_noise(
                                 vs_champion=_difference(low, high), champion_tolerance=tolerance)
     assert decision.alias == expected
     assert "v3 rescored on the same rows" in decision.reason and says in decision.reason
+
+
+@pytest.mark.parametrize("task_name, key, truth, pred, expected", [
+    ("classify", "macro_f1", ["a", "a", "b", "b"], ["a", "b", "b", "b"], (1 / (1 + 0.5 * 1) + 0.8) / 2),
+    ("classify", "accuracy", ["a", "a", "b", "b"], ["a", "b", "b", "b"], 0.75),
+    ("generate", "rouge1", ["the cat sat", "a dog"], ["the cat", "a dog"], (0.8 + 1.0) / 2),
+    ("generate", "rouge2", ["the cat sat", "a dog"], ["the cat", "a dog"], (2 / 3 + 1.0) / 2),
+])
+def test_each_promotion_metric_scores_compares_and_bounds_itself(task_name, key, truth, pred, expected):
+    """promotion.metric picks what the rule compares: its score, its paired bootstrap against another model
+    on the same rows (itself: exactly 0) and its one-model interval (around the score)."""
+    from lora_pipeline.evaluation.tasks import task_named
+
+    metric = task_named(task_name, key).metric
+    labels = ["a", "b"]
+    assert metric.key == key
+    assert metric.score_rows(truth, pred, labels) == pytest.approx(expected)
+    same = metric.compare(truth, pred, pred, labels, samples=200)
+    assert (same.diff, same.low, same.high) == (0, 0, 0)
+    low, high = metric.interval(truth, pred, labels, samples=200)
+    assert low <= expected + 1e-9 and expected - 1e-9 <= high
+
+
+def test_a_metric_of_the_other_task_is_refused():
+    from lora_pipeline.evaluation.tasks import task_named
+
+    with pytest.raises(ValueError, match="'rougeL' is not a classify metric"):
+        task_named("classify", "rougeL")

@@ -78,7 +78,7 @@ def test_two_promotions_at_once_leave_one_champion_and_a_chained_history(project
     for version in versions:
         tags = client.get_model_version(name, version).tags
         assert tags[schema.PROMOTION_DECISION] == schema.CHAMPION, tags[schema.PROMOTION_REASON]
-        assert tags[schema.CHAMPION_RESCORED_MACRO_F1] == tags["adapter_macro_f1"]
+        assert tags[schema.champion_rescored("macro_f1")] == tags["adapter_macro_f1"]
         assert "+0.0000 [+0.0000, +0.0000]" in tags[schema.VS_CHAMPION]
         assert schema.VS_PREFIX + "base" in tags and schema.VS_PREFIX + "tfidf" in tags
     # Serialized: the second read the first's champion, not v1 (without the lock both read v1).
@@ -114,6 +114,30 @@ def test_a_champion_that_cannot_be_rescored_fairly_falls_back_to_its_recorded_fi
     assert "not rescored: only" in decision.reason and "promotion.min_rescored_rows: 1000" in decision.reason
     assert "on its own test split (not rescored)" in decision.reason
     assert schema.VS_CHAMPION not in client.get_model_version(name, version).tags
+
+
+def test_promotion_metric_accuracy_decides_rescores_and_tags_in_accuracy(project):
+    """promotion.metric: accuracy: the rule, the champion's rescoring, the tags and the catalog all read accuracy."""
+    from lora_pipeline.registry.catalog import compare_versions
+
+    cfg, client = project
+    name, evaluation = "vader-tweets", _evaluation_of(cfg)
+    by_accuracy = cfg.model_copy(update={"promotion": cfg.promotion.model_copy(update={"metric": "accuracy"})})
+    version = _copy_of(client, name, "1")
+    decision = promote_version(client, by_accuracy, name, version, evaluation)
+    tags = client.get_model_version(name, version).tags
+    accuracy = evaluation.metrics["adapter"]["accuracy"]
+    assert decision.reason.split(": ", 1)[1].startswith(f"accuracy {accuracy:.4f} vs zero-shot base")
+    assert tags["adapter_accuracy"] == f"{accuracy:.4f}"
+    assert tags["tfidf_accuracy"] == f"{evaluation.metrics['tfidf']['accuracy']:.4f}"
+    assert tags[schema.PROMOTION_METRIC] == "accuracy"
+    assert tags[schema.champion_rescored("accuracy")] == f"{accuracy:.4f}"  # the same adapter on the same rows
+    assert "+0.0000 [+0.0000, +0.0000]" in tags[schema.VS_CHAMPION]
+    # What a version compared is in its tags (set at registration: v1 by the task's own, macro-F1).
+    assert client.get_model_version(name, "1").tags[schema.PROMOTION_METRIC] == "macro_f1"
+    table = compare_versions(client, name).set_index("version")
+    assert table.loc[1, "metric"] == "macro_f1"
+    assert table.loc[1, "adapter"] == round(evaluation.metrics["adapter"]["macro_f1"], 4)
 
 
 def test_models_compare_on_a_users_file_scores_every_version_on_the_same_rows(project, tmp_path):

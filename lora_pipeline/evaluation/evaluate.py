@@ -37,16 +37,9 @@ class DomainEvaluation:
     artifacts_dir: str  # evaluation.json, predictions.jsonl, confusion_<model>.png (generation: samples.md)
     precision: str = "fp32"  # what the adapter and the base were scored and timed in (runtime.precision, resolved)
     device: str = "cpu"
-    metric: str = "macro_f1"  # the task's metric: what promotion compares (generation: rougeL)
+    metric: str = "macro_f1"  # the task's own metric (generation: rougeL); promotion.metric may pick another
     classical: str = "tfidf"  # the classical baseline the adapter must not lose to (generation: lead)
     efficiency: dict[str, float] = field(default_factory=dict)  # task-specific figures (generation: ms_per_token...)
-
-    def macro_f1(self, model: str) -> float:
-        return self.metrics[model]["macro_f1"]
-
-    def score(self, model: str) -> float:
-        """``model``'s value of the task's metric."""
-        return self.metrics[model][self.metric]
 
 
 def predict_tfidf(train: pd.DataFrame, texts: list[str]) -> list[str]:

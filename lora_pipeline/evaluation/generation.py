@@ -47,11 +47,14 @@ def lead_sentence(text: str) -> str:
     return re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
 
 
-def _samples_markdown(domain: str, rows: pd.DataFrame) -> str:
-    def cell(value: str, limit: int = 300) -> str:
-        value = " ".join(str(value).split()).replace("|", "\\|")
-        return value if len(value) <= limit else value[:limit] + " ..."
+def markdown_cell(value: str, limit: int = 300) -> str:
+    """``value`` on one line, its pipes escaped, cut to ``limit`` characters: a markdown table cell."""
+    value = " ".join(str(value).split()).replace("|", "\\|")
+    return value if len(value) <= limit else value[:limit] + " ..."
 
+
+def _samples_markdown(domain: str, rows: pd.DataFrame) -> str:
+    cell = markdown_cell
     lines = [f"# {domain}: samples", "", "| input | reference | zero-shot base | adapter |", "|---|---|---|---|"]
     lines += [f"| {cell(r.text)} | {cell(r.target)} | {cell(r.base_pred)} | {cell(r.adapter_pred)} |"
               for r in rows.itertuples()]

@@ -25,16 +25,24 @@ def model_name_for(client: MlflowClient, cfg: PipelineConfig, domain_or_name: st
     raise RegistryError(f"model '{cfg.dataset_name}-{domain_or_name}': not in the registry at {cfg.tracking_uri}")
 
 
+def _ranking_metric(tags: dict, metrics: dict) -> str:
+    """What the version's promotion compared: its tag, or (versions from before the tag) what its run logged."""
+    return tags.get(schema.PROMOTION_METRIC) or ("rougeL" if "adapter_rougeL" in metrics else "macro_f1")
+
+
 def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:
     metrics = {k: round(v, 4) for k, v in (client.get_run(version.run_id).data.metrics if version.run_id else {}).items()}
     tags = version.tags
+    metric = _ranking_metric(tags, metrics)
     return {
         "version": int(version.version),
         "aliases": ",".join(aliases),
         "created": pd.Timestamp(version.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M"),
-        "adapter_macro_f1": metrics.get("adapter_macro_f1"),
-        "base_macro_f1": metrics.get("base_macro_f1"),
-        "tfidf_macro_f1": metrics.get("tfidf_macro_f1"),
+        "metric": metric,
+        # The compared metric of the adapter, the zero-shot base and the classical baseline (TF-IDF or lead).
+        "adapter": metrics.get(f"adapter_{metric}"),
+        "base": metrics.get(f"base_{metric}"),
+        "classical": metrics.get(f"tfidf_{metric}", metrics.get(f"lead_{metric}")),
         "adapter_accuracy": metrics.get("adapter_accuracy"),
         "adapter_kb": round(metrics["adapter_size_bytes"] / 1024, 1) if "adapter_size_bytes" in metrics else None,
         "train_seconds": metrics.get("train_seconds"),
@@ -45,7 +53,7 @@ def _version_row(client: MlflowClient, version, aliases: list[str]) -> dict:
         "code": tags.get(schema.CODE_VERSION, ""),
         "decision": tags.get(schema.PROMOTION_DECISION, ""),
         # The champion of the time on this version's test rows, and this version minus it (with its interval).
-        "champion_rescored": tags.get(schema.CHAMPION_RESCORED_MACRO_F1, ""),
+        "champion_rescored": tags.get(schema.champion_rescored(metric), ""),
         "vs_champion": tags.get(schema.VS_CHAMPION, ""),
     }
 
@@ -73,7 +81,7 @@ def list_models(client: MlflowClient) -> pd.DataFrame:
         }
         if schema.CHAMPION in aliases:
             champion = _version_row(client, client.get_model_version(model.name, aliases[schema.CHAMPION]), [schema.CHAMPION])
-            row.update({k: champion[k] for k in ("adapter_macro_f1", "base_macro_f1", "tfidf_macro_f1",
-                                                   "adapter_kb", "train_seconds")})
+            row.update({k: champion[k] for k in ("metric", "adapter", "base", "classical", "adapter_kb",
+                                                   "train_seconds")})
         rows.append(row)
     return pd.DataFrame(rows)

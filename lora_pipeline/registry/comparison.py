@@ -36,13 +36,16 @@ def rows_for_domain(cfg: PipelineConfig, path: str | Path, domain: str, task: Ta
 
 
 def compare_on_file(client: MlflowClient, cfg: PipelineConfig, name: str, path: str | Path) -> pd.DataFrame:
-    """One row per version of ``name``, newest first: the task's metric (macro-F1, or ROUGE-L for a generation
-    model) on the file's rows of its domain, with a bootstrap interval, and each version minus the champion on
-    the same rows (paired bootstrap)."""
+    """One row per version of ``name``, newest first: the metric promotion compares (promotion.metric, else what
+    the versions were promoted by: macro-F1, or ROUGE-L for a generation model) on the file's rows of its domain,
+    with a bootstrap interval, and each version minus the champion on the same rows (paired bootstrap)."""
     model = client.get_registered_model(name)
     versions = sorted(schema.versions_of(client, name), key=lambda v: -int(v.version))
     # A classifier's versions carry their labels; a writer's have none (then the file needs a target column).
     task = task_named("classify" if any(v.tags.get(schema.LABELS) for v in versions) else "generate")
+    recorded = next((v.tags[schema.PROMOTION_METRIC] for v in versions if v.tags.get(schema.PROMOTION_METRIC)), None)
+    task = task.with_metric((cfg.promotion.metric if cfg.task == task.name else None) or recorded)
+    metric = task.metric
     rows = rows_for_domain(cfg, path, model.tags.get(schema.DOMAIN, ""), task)
     texts, truth = rows["text"].tolist(), rows[task.truth_column].tolist()
     aliases = schema.aliases_by_version(model)
@@ -61,11 +64,11 @@ def compare_on_file(client: MlflowClient, cfg: PipelineConfig, name: str, path: 
                             f"({', '.join(labels)}); map it with data.label_map")
         pred = adapter.predict(texts, batch_size=adapter.kind.prediction_batch_size(inputs))
         predictions[str(version.version)] = (pred, labels)
-        low, high = task.interval(truth, pred, labels, promotion.bootstrap_samples, promotion.confidence)
+        low, high = metric.interval(truth, pred, labels, promotion.bootstrap_samples, promotion.confidence)
         if labels:
             row["accuracy"] = round(classification_metrics(truth, pred, labels)["accuracy"], 4)
-        row.update({task.metric: round(task.score_rows(truth, pred, labels), 4),
-                    f"{task.metric}_interval": f"[{low:.4f}, {high:.4f}]",
+        row.update({metric.key: round(metric.score_rows(truth, pred, labels), 4),
+                    f"{metric.key}_interval": f"[{low:.4f}, {high:.4f}]",
                     "seen_rows": len(texts) - len(unseen_rows(client, version, texts))})
         table.append(row)
     champion = next((v for v, names in aliases.items() if schema.CHAMPION in names), None)
@@ -74,7 +77,7 @@ def compare_on_file(client: MlflowClient, cfg: PipelineConfig, name: str, path: 
         if champion is None or version == champion or predictions[version][1] != predictions[champion][1]:
             row["vs_champion"] = ""  # nothing to compare with (or other labels: not the same task)
             continue
-        diff = task.compare(truth, predictions[version][0], predictions[champion][0], predictions[version][1],
+        diff = metric.compare(truth, predictions[version][0], predictions[champion][0], predictions[version][1],
                             promotion.bootstrap_samples, promotion.confidence)
         row["vs_champion"] = f"v{champion}: {diff.diff:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]"
     return pd.DataFrame(table)

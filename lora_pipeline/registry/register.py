@@ -27,7 +27,7 @@ from lora_pipeline.config import Compute, PipelineConfig
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.significance import Difference
-from lora_pipeline.evaluation.tasks import task_of_metric
+from lora_pipeline.evaluation.tasks import task_named
 from lora_pipeline.models import kind_of
 from lora_pipeline.models.adapters import AdapterMeta, load_adapter, verify_checksums
 from lora_pipeline.ops.locks import exclusive
@@ -105,20 +105,25 @@ def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, versio
     """Apply the rule against the current champion, rescored on this version's test rows that it never learned
     from; store the decision and its numbers on the version. One promotion of ``name`` at a time, across
     processes: the champion read here is still the champion when the decision is written."""
-    promotion, task = cfg.promotion, task_of_metric(evaluation.metric)
+    promotion, task = cfg.promotion, task_named(cfg.task, cfg.promotion_metric)
+    metric = task.metric
+
+    def score(model: str) -> float:
+        return evaluation.metrics[model][metric.key]
+
     test = pd.read_json(Path(evaluation.artifacts_dir) / "predictions.jsonl", lines=True, dtype=False)
     truth, ours = test[task.truth_column].astype(str).tolist(), test["adapter_pred"].astype(str).tolist()
 
     def interval(theirs: list[str], rows: list[int] | None = None) -> Difference:
         rows = list(range(len(truth))) if rows is None else rows
-        return task.compare([truth[i] for i in rows], [ours[i] for i in rows], theirs, evaluation.labels,
+        return metric.compare([truth[i] for i in rows], [ours[i] for i in rows], theirs, evaluation.labels,
                             promotion.bootstrap_samples, promotion.confidence, cfg.split.seed)
 
     intervals = {model: interval(test[f"{model}_pred"].astype(str).tolist())
                  for model in evaluation.metrics if model != "adapter" and f"{model}_pred" in test}
     with exclusive(cfg.work_dir / "locks", f"promote-{name}"):
         champion = schema.champion_version(client, name)
-        recorded = client.get_run(champion.run_id).data.metrics.get(f"adapter_{task.metric}") if champion else None
+        recorded = client.get_run(champion.run_id).data.metrics.get(f"adapter_{metric.key}") if champion else None
         champion_f1 = float(recorded) if recorded is not None else None  # None: a champion of another task
         vs_champion, rescored, note = None, {}, ""
         if champion is not None and promotion.rescore_champion:
@@ -134,32 +139,33 @@ def promote_version(client: MlflowClient, cfg: PipelineConfig, name: str, versio
                             f"{promotion.min_rescored_rows})")
                 else:
                     vs_champion = interval(found.predictions, found.rows)
-                    rescored_score = task.score_rows([truth[i] for i in found.rows], found.predictions,
-                                                     evaluation.labels)
-                    rescored = {schema.champion_rescored(task.metric): f"{rescored_score:.4f}",
+                    rescored_score = metric.score_rows([truth[i] for i in found.rows], found.predictions,
+                                                       evaluation.labels)
+                    rescored = {schema.champion_rescored(metric.key): f"{rescored_score:.4f}",
                                 schema.VS_CHAMPION: f"v{champion.version}: {vs_champion.reads()}"}
             except Exception as exc:  # noqa: BLE001 - fall back to the recorded figure, and say why
                 note = f"champion v{champion.version} not rescored: {type(exc).__name__}: {exc}".splitlines()[0]
         decision = decide_promotion(
-            adapter_f1=evaluation.score("adapter"),
-            base_f1=evaluation.score("base"),
+            adapter_f1=score("adapter"),
+            base_f1=score("base"),
             margin=promotion.min_gain_over_base,
             champion_f1=champion_f1,
             champion_version=champion.version if champion else None,
-            tfidf_f1=evaluation.score(task.classical),
+            tfidf_f1=score(task.classical),
             tfidf_tolerance=promotion.max_loss_to_tfidf,
             domain=evaluation.domain,
             vs_champion=vs_champion,
             champion_tolerance=promotion.max_loss_to_champion,
             intervals=intervals,
-            metric_name=task.metric_name,
+            metric_name=metric.name,
             classical_name=task.classical_name,
         )
         reason = f"{decision.reason}; {note}" if note else decision.reason
         for key, value in {
-            **{f"{model}_{task.metric}": f"{evaluation.score(model):.4f}" for model in ("adapter", "base", task.classical)},
+            **{f"{model}_{metric.key}": f"{score(model):.4f}" for model in ("adapter", "base", task.classical)},
             **{f"{schema.VS_PREFIX}{model}": d.reads() for model, d in intervals.items()},
             **rescored,
+            schema.PROMOTION_METRIC: metric.key,
             schema.PROMOTION_DECISION: decision.alias,
             schema.PROMOTION_REASON: reason[:5000],  # MLflow's tag value limit
         }.items():
@@ -221,6 +227,7 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
         raise
     client.set_tag(run_id, schema.REGISTERED_MODEL, name)
     client.set_tag(run_id, schema.REGISTERED_VERSION, version)
+    client.set_tag(run_id, schema.PROMOTION_METRIC, cfg.promotion_metric)
     client.set_tag(run_id, schema.PROMOTION_DECISION, decision.alias)
     client.set_tag(run_id, schema.PROMOTION_REASON, decision.reason)
     return RegisteredAdapter(domain=splits.domain, model_name=name, version=version, run_id=run_id,

@@ -38,12 +38,12 @@ SEED = "seed"
 LABELS = "labels"
 PRECISION = "precision"  # runtime.precision as resolved: "bf16" (autocast, fp32 weights) or "fp32"
 DEVICE = "device"  # "cpu" or "cuda": where it was trained and evaluated
+PROMOTION_METRIC = "promotion_metric"  # what the decision compared (promotion.metric, or the task's own)
 PROMOTION_DECISION = "promotion_decision"
 PROMOTION_REASON = "promotion_reason"
 PREVIOUS_CHAMPION = "previous_champion"
 VS_PREFIX = "vs_"  # + model ("base", "tfidf", ...): adapter minus that model on the test rows, with its interval
 VS_CHAMPION = VS_PREFIX + CHAMPION  # the same against the champion of the time, rescored on these rows
-CHAMPION_RESCORED_MACRO_F1 = "champion_rescored_macro_f1"  # that champion's macro-F1 on these rows
 
 
 def champion_rescored(metric: str) -> str:

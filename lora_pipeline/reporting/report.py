@@ -20,6 +20,7 @@ import pandas as pd
 
 from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.errors import RegistryError
+from lora_pipeline.evaluation.generation import markdown_cell
 from lora_pipeline.evaluation.metrics import plot_confusion_matrix
 from lora_pipeline.evaluation.tasks import task_of_metric
 from lora_pipeline.registry import schema
@@ -30,24 +31,26 @@ REPORT_ARTIFACT_DIR = "report"
 # Display names, in the order reports show them; evaluation.py's model keys.
 MODEL_NAMES = {"base": "zero-shot base", "fewshot": "few-shot base", "tfidf": "TF-IDF+LR", "lead": "lead sentence",
                "adapter": "LoRA adapter"}
-# Per task metric: the tables the report shows (the first is charted and compared).
-REPORTED = {"macro_f1": ("macro_f1", "accuracy"), "rougeL": ("rougeL", "rouge1", "rouge2")}
+# Per task: the metric tables the report shows (the one promotion compared comes first and is charted).
+REPORTED = {"classify": ("macro_f1", "accuracy"), "generate": ("rougeL", "rouge1", "rouge2")}
 EFFICIENCY = ("train_seconds", "adapter_size_bytes", "trainable_params", "latency_p50_ms", "throughput_per_s")
 
 
-def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
-    """``results``: domain -> (TrainedAdapter, DomainEvaluation, RegisteredAdapter)."""
+def summary_rows(results: dict, failures: dict[str, str], metric: str | None = None) -> list[dict]:
+    """``results``: domain -> (TrainedAdapter, DomainEvaluation, RegisteredAdapter); ``metric``: what promotion
+    compared (None: each evaluation's own, macro_f1 or rougeL)."""
     rows = []
     for domain, (trained, evaluation, registered) in sorted(results.items()):
-        metric = evaluation.metric  # macro_f1, or rougeL for generation
+        ranked = metric or evaluation.metric
+        # A classification run's few-shot base is in the report, not in this table (its width).
+        shown = [m for m in MODEL_NAMES if m in evaluation.metrics and (m != "fewshot" or evaluation.classical == "lead")]
         rows.append({
             "domain": domain,
             "status": "registered" if registered.is_new else "unchanged (cached)",
             "model": registered.model_name,
             "version": registered.version,
             "alias": registered.alias,
-            **{f"{model}_{metric}": round(evaluation.score(model), 4)
-               for model in MODEL_NAMES if model in evaluation.metrics},
+            **{f"{model}_{ranked}": round(evaluation.metrics[model][ranked], 4) for model in shown},
             **({"adapter_accuracy": round(evaluation.metrics["adapter"]["accuracy"], 4)}
                if "accuracy" in evaluation.metrics["adapter"] else {}),
             "train_seconds": round(trained.train_seconds, 1),
@@ -56,19 +59,19 @@ def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
             "max_length": trained.max_length,
             "truncated": f"{trained.truncated_share:.0%}",
             "train_rows": f"{trained.train_rows}/{trained.train_rows_available}",
-            "finding": _finding(domain, trained, evaluation, registered),
+            "finding": _finding(domain, trained, evaluation, ranked),
         })
     for domain, error in sorted(failures.items()):
         rows.append({"domain": domain, "status": f"FAILED: {error}"})
     return rows
 
 
-def _finding(domain: str, trained, evaluation, registered) -> str:
+def _finding(domain: str, trained, evaluation, metric: str) -> str:
     """What the user must know about this domain, in words ('' for nothing)."""
     notes = []
-    adapter, classical = evaluation.score("adapter"), evaluation.score(evaluation.classical)
+    adapter, classical = (evaluation.metrics[m][metric] for m in ("adapter", evaluation.classical))
     if tfidf_wins(adapter, classical):
-        notes.append(tfidf_verdict(domain, adapter, classical, task_of_metric(evaluation.metric).classical_name))
+        notes.append(tfidf_verdict(domain, adapter, classical, task_of_metric(metric).classical_name))
     if trained.train_rows < trained.train_rows_available:
         minutes = trained.train_seconds * trained.train_rows_available / max(1, trained.train_rows) / 60
         notes.append(f"trained on {trained.train_rows} of {trained.train_rows_available} train rows "
@@ -90,8 +93,8 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 def format_results_table(rows: list[dict]) -> str:
-    scores = [f"{model}_{metric}" for metric in REPORTED for model in ("adapter", "base", "fewshot", "tfidf", "lead")
-              if metric != "macro_f1" or model != "fewshot"]  # a classification run's few-shot is in the report
+    scores = [f"{model}_{metric}" for metrics in REPORTED.values() for metric in metrics
+              for model in ("adapter", "base", "fewshot", "tfidf", "lead")]
     present = [c for c in scores if any(c in row for row in rows)]
     return markdown_table(rows, ["domain", "status", "version", "alias", *present, "train_seconds", "max_length",
                                  "train_rows", "n_test"])
@@ -111,7 +114,7 @@ class DomainResult:
     decision: str = ""
     reason: str = ""  # the promotion rule's numbers, e.g. "challenger: TF-IDF beats the adapter on ..."
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> 95 % bootstrap of the metric
-    metric: str = "macro_f1"  # the task's (generation: rougeL)
+    metric: str = "macro_f1"  # what promotion compared (the task's own: macro_f1, generation rougeL)
     samples: list[dict] = field(default_factory=list)  # generation: a few (input, reference, outputs) rows
 
 
@@ -169,8 +172,10 @@ def collect_comparison(client, run_id: str) -> RunComparison:
             domain = run.data.tags.get(schema.DOMAIN, key)  # the tag key holds a safe form of the name
             local = client.download_artifacts(domain_run_id, "evaluation", tmp)
             evaluation = json.loads((Path(local) / "evaluation.json").read_text())
-            metric = evaluation.get("metric", "macro_f1")
-            predictions = Path(local) / "predictions.jsonl"
+            metric = run.data.tags.get(schema.PROMOTION_METRIC) or evaluation.get("metric", "macro_f1")
+            task = task_of_metric(metric)
+            predictions = Path(local) / "predictions.jsonl"  # absent in runs logged before it existed
+            rows = pd.read_json(predictions, lines=True, dtype=False) if predictions.is_file() else None
             comparison.domains.append(DomainResult(
                 domain=domain,
                 run_id=domain_run_id,
@@ -182,22 +187,18 @@ def collect_comparison(client, run_id: str) -> RunComparison:
                 version=run.data.tags.get(schema.REGISTERED_VERSION, ""),
                 decision=run.data.tags.get(schema.PROMOTION_DECISION, ""),
                 reason=run.data.tags.get(schema.PROMOTION_REASON, ""),
-                intervals=_intervals(predictions, evaluation["labels"], metric),
+                intervals=_intervals(rows, evaluation["labels"], metric) if rows is not None else {},
                 metric=metric,
-                samples=(pd.read_json(predictions, lines=True, dtype=False).head(5).to_dict("records")
-                         if metric != "macro_f1" and predictions.is_file() else []),
+                samples=rows.head(5).to_dict("records") if rows is not None and task.name == "generate" else [],
             ))
     return comparison
 
 
-def _intervals(predictions: Path, labels: list[str], metric: str = "macro_f1") -> dict[str, tuple[float, float]]:
-    """Per model, the bootstrap interval of its test metric (none for runs logged without predictions)."""
-    if not predictions.is_file():
-        return {}
-    rows = pd.read_json(predictions, lines=True, dtype=False)
+def _intervals(rows: pd.DataFrame, labels: list[str], metric: str = "macro_f1") -> dict[str, tuple[float, float]]:
+    """Per model, the bootstrap interval of its test ``metric`` (``rows``: the run's predictions.jsonl)."""
     task = task_of_metric(metric)
     truth = rows[task.truth_column].astype(str).tolist()
-    return {c.removesuffix("_pred"): task.interval(truth, rows[c].astype(str).tolist(), labels)
+    return {c.removesuffix("_pred"): task.metric.interval(truth, rows[c].astype(str).tolist(), labels)
             for c in rows.columns if c.endswith("_pred")}
 
 
@@ -295,12 +296,13 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
         return blocks + [("p", "This run has no evaluated domain.")]
     errors = {d.domain: d.intervals for d in comparison.domains}
     metric = comparison.metric
-    label = task_of_metric(metric).metric_name
+    task = task_of_metric(metric)
+    label = task.metric.name
     chart = plot_grouped_bars(comparison.scores(metric), names, label,
                               f"Test {label} per domain (error bars: 95 % bootstrap over the test rows)",
                               out_dir / f"quality_{metric}.png", errors)
     blocks.append(("img", chart, f"{label} per domain and model, with bootstrap intervals"))
-    for metric in REPORTED[metric]:
+    for metric in dict.fromkeys([metric, *REPORTED[task.name]]):
         blocks += [("h2", metric), ("table", [
             {"domain": d, **{names[m]: f"{v:.3f}" for m, v in by_model.items()},
              "adapter - base": f"{by_model['adapter'] - by_model['base']:+.3f}"}
@@ -319,8 +321,9 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
             {"model": names[m], **{k: f"{v:.3f}" for k, v in d.metrics[m].items()}} for m in models if m in d.metrics])]
         if d.samples:
             blocks += [("p", f"Samples of {d.domain}'s test split:"), ("table", [
-                {"input": _cut(r["text"], 200), "reference": r["target"], "zero-shot base": _cut(r.get("base_pred", "")),
-                 "adapter": _cut(r["adapter_pred"])} for r in d.samples])]
+                {"input": markdown_cell(r["text"], 200), "reference": markdown_cell(r["target"]),
+                 "zero-shot base": markdown_cell(r.get("base_pred", ""), 160),
+                 "adapter": markdown_cell(r["adapter_pred"], 160)} for r in d.samples])]
         if not d.confusion:
             continue
         blocks.append(("p", f"Confusion matrices (rows: true label, columns: predicted) on {sum(map(sum, d.confusion['adapter']))} test texts."))
@@ -330,11 +333,6 @@ def comparison_blocks(comparison: RunComparison, out_dir: Path) -> list[Block]:
                                             out_dir / f"confusion_{domain_dirname(d.domain)}_{m}.png")
                 blocks.append(("img", png, f"{d.domain} {names[m]} confusion matrix"))
     return blocks
-
-
-def _cut(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split()).replace("|", "/")
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 @dataclass(frozen=True)

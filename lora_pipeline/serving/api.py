@@ -231,7 +231,8 @@ def create_app(cfg: PipelineConfig, service: ChampionService | None = None) -> F
 def _loaded_service(cfg: PipelineConfig) -> ChampionService:
     service = ChampionService(cfg)
     report = service.reload()
-    log.info("serving %d domains: loaded %s; failed %s", len(service.served), report.loaded, report.failed)
+    log.info("serving %d domains: loaded %s; failed %s; skipped %s", len(service.served), report.loaded, report.failed,
+             report.skipped)
     return service
 
 

@@ -46,6 +46,7 @@ class AdapterOut(BaseModel):
 
 class AdaptersResponse(BaseModel):
     base_model: str
+    datasets: list[str] = Field(default_factory=list, description="Datasets whose champions this server holds.")
     last_reload_at: str | None
     adapters: list[AdapterOut]
 
@@ -64,6 +65,8 @@ class ReloadResponse(BaseModel):
     unchanged: list[str]
     failed: list[str]
     removed: list[str]
+    skipped: list[str] = Field(default_factory=list, description="Champions not loaded: their domain is served from "
+                               "a dataset listed before theirs in api.datasets.")
 
 
 class FewShotResponse(BaseModel):

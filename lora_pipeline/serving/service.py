@@ -1,7 +1,7 @@
 """The prediction service behind `lora-pipeline serve` and `lora-pipeline predict`.
 
-The ``@champion`` version of every domain of the configured dataset is downloaded from the MLflow
-registry (adapter folders only, ~1 MB each) and loaded into one :class:`AdapterPool` over one base.
+The ``@champion`` version of every domain of the served datasets (``api.datasets``, or the configured
+one) on the configured base is downloaded from the MLflow registry (adapter folders only, ~1 MB each) and loaded into one :class:`AdapterPool` over one base.
 :meth:`ChampionService.reload` picks up new champions without a restart: the new version is loaded
 next to the old one and swapped in only once it loaded, so a version that fails to load leaves the
 previous one serving, and the failure is reported by :meth:`ChampionService.adapters`.
@@ -79,6 +79,7 @@ class ReloadReport:
     unchanged: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "vader-amazon v4: <error>"
     removed: list[str] = field(default_factory=list)  # domains whose champion alias was removed
+    skipped: list[str] = field(default_factory=list)  # champions whose domain an earlier dataset serves
 
 
 class ChampionService:
@@ -97,14 +98,27 @@ class ChampionService:
 
     # -- registry -> pool -------------------------------------------------------------------------
     def champions(self) -> dict[str, tuple[str, str]]:
-        """domain -> (registered model, champion version), for this config's dataset."""
-        return schema.champions_by_domain(self.client, self.cfg.dataset_name, self.cfg.base.name)
+        """domain -> (registered model, champion version), over the served datasets."""
+        return self._champions()[0]
+
+    def _champions(self) -> tuple[dict[str, tuple[str, str]], list[str]]:
+        """The champions, and one line per champion left out because its domain is taken by a dataset listed
+        before its own (requests name a domain, so one domain has one adapter)."""
+        found, shadowed = {}, []
+        for dataset in self.cfg.served_datasets:
+            for domain, (name, version) in schema.champions_by_domain(self.client, dataset, self.cfg.base.name).items():
+                if domain in found:
+                    shadowed.append(f"{name} v{version}: not loaded, domain '{domain}' is served by {found[domain][0]} "
+                                    "(api.datasets lists its dataset first)")
+                else:
+                    found[domain] = (name, version)
+        return found, shadowed
 
     def reload(self, domains: list[str] | None = None) -> ReloadReport:
         """Bring the pool in line with the registry's champions (only ``domains`` when given)."""
         report = ReloadReport()
         with self._reload_lock:
-            champions = self.champions()
+            champions, report.skipped = self._champions()
             wanted = set(domains) if domains else set(champions) | set(self.served)
             for domain in sorted(wanted):
                 current = self.served.get(domain)
@@ -243,6 +257,7 @@ class ChampionService:
         return rows
 
     def report(self) -> dict:
-        return {"base_model": self.cfg.base.name, "last_reload_at": self.last_reload_at,
+        return {"base_model": self.cfg.base.name, "datasets": self.cfg.served_datasets,
+                "last_reload_at": self.last_reload_at,
                 "adapters": self.adapters()}
 
