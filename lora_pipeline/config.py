@@ -315,7 +315,7 @@ class ApiConfig(_Section):
     datasets: list[str] = Field(
         default_factory=list, description="Datasets whose champions (on base.name) one server holds, e.g. [vader, "
         "aclsum]: classifiers and writers side by side; empty = this config's dataset (data.name). A domain in two of "
-        "them is served from the first listed (the other is reported as not loaded).")
+        "them is served from the first listed (the other's champion is reported as skipped).")
     batch_wait_ms: float = Field(
         5, ge=0, description="How long the batcher waits for more requests before a forward pass (latency vs. throughput)."
     )
@@ -395,7 +395,7 @@ class PipelineConfig(_Section):
     @property
     def served_datasets(self) -> list[str]:
         """The datasets whose champions a server loads: api.datasets, or this config's dataset."""
-        return [safe_name(name) for name in self.api.datasets] or [self.dataset_name]
+        return list(dict.fromkeys(safe_name(name) for name in self.api.datasets)) or [self.dataset_name]
 
     @property
     def artifact_root(self) -> Path:

@@ -148,3 +148,9 @@ def test_one_server_holds_a_classification_dataset_and_a_generation_dataset_on_o
         assert written.status_code == 200 and written.json()["outputs"][0]["output"] == predictions["adapter_pred"].iloc[0]
         [skipped] = http.post("/reload").json()["skipped"]
         assert skipped.startswith("papers-outcome-smollm2-135m v1: not loaded, domain 'outcome' is served by " + NAME)
+        # aclsum's outcome loses its champion: the next dataset's (also a v1) takes the domain over.
+        client.delete_registered_model_alias(NAME, "champion")
+        reloaded = http.post("/reload").json()
+        assert reloaded["loaded"] == ["papers-outcome-smollm2-135m v1"] and reloaded["skipped"] == []
+        assert {a["model"] for a in http.get("/adapters").json()["adapters"]} == {
+            "papers-outcome-smollm2-135m", "vader-tweets-smollm2-135m"}

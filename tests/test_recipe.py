@@ -137,21 +137,21 @@ def test_the_run_summary_states_tfidf_wins_and_the_row_cap():
     from lora_pipeline.evaluation.evaluate import DomainEvaluation
     from lora_pipeline.reporting.report import findings, summary_rows
 
-    def result(adapter, tfidf, rows, available, accuracy_gain=0.0):
+    def result(adapter, tfidf, rows, available, accuracy_gain=0.0, metric="macro_f1"):
         trained = SimpleNamespace(train_seconds=60.0, adapter_size_bytes=1024, max_length=256, truncated_share=0.3,
                                   train_rows=rows, train_rows_available=available)
         metrics = {m: {"macro_f1": f, "accuracy": f + accuracy_gain * (m == "adapter")}
                    for m, f in (("adapter", adapter), ("base", 0.3), ("tfidf", tfidf))}
         evaluation = DomainEvaluation(domain="d", labels=["a", "b"], n_test=100, metrics=metrics, latency_p50_ms=1.0,
                                       latency_p95_ms=1.0, throughput_per_s=1.0, artifacts_dir="")
-        registered = SimpleNamespace(is_new=True, model_name="m", version="1", alias="challenger")
+        registered = SimpleNamespace(is_new=True, model_name="m", version="1", alias="challenger", metric=metric)
         return trained, evaluation, registered
 
     rows = summary_rows({"movie": result(0.75, 0.78, 800, 8000), "nyt": result(0.70, 0.30, 500, 500)}, {})
     assert findings(rows) == ["movie: TF-IDF beats the adapter on movie (0.78 vs 0.75); trained on 800 of 8000 "
                               "train rows (all rows: ~10 min; --set split.max_train_rows=0)"]
     # promotion.metric: accuracy: the table and the finding read accuracy (there the adapter wins).
-    [row] = summary_rows({"movie": result(0.75, 0.78, 800, 800, accuracy_gain=0.1)}, {}, metric="accuracy")
+    [row] = summary_rows({"movie": result(0.75, 0.78, 800, 800, accuracy_gain=0.1, metric="accuracy")}, {})
     assert (row["adapter_accuracy"], row["tfidf_accuracy"], row["finding"]) == (0.85, 0.78, "")
     assert "adapter_macro_f1" not in row
 

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from lora_pipeline.config import Compute, PipelineConfig
+from lora_pipeline.config import PROMOTION_METRICS, Compute, PipelineConfig
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.significance import Difference
@@ -52,6 +52,7 @@ class RegisteredAdapter:
     alias: str  # the alias this version holds now ("" for none)
     reason: str
     is_new: bool  # False: this exact adapter (same data, config and code) was already registered
+    metric: str = "macro_f1"  # what its promotion compared (a cached version: what it was decided by then)
 
 
 def register_version(name: str, model_uri: str, provenance: dict[str, str]) -> str:
@@ -196,7 +197,8 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
         aliases = schema.aliases_by_version(client.get_registered_model(name)).get(str(existing.version), [])
         return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(existing.version),
                                  run_id=existing.run_id, alias=",".join(aliases),
-                                 reason=f"unchanged: same data, config and code as v{existing.version}", is_new=False)
+                                 reason=f"unchanged: same data, config and code as v{existing.version}", is_new=False,
+                                 metric=existing.tags.get(schema.PROMOTION_METRIC) or PROMOTION_METRICS[cfg.task][0])
     provenance = {
         schema.DOMAIN: splits.domain,
         schema.BASE_MODEL: cfg.base.name,
@@ -231,4 +233,4 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
     client.set_tag(run_id, schema.PROMOTION_DECISION, decision.alias)
     client.set_tag(run_id, schema.PROMOTION_REASON, decision.reason)
     return RegisteredAdapter(domain=splits.domain, model_name=name, version=version, run_id=run_id,
-                             alias=decision.alias, reason=decision.reason, is_new=True)
+                             alias=decision.alias, reason=decision.reason, is_new=True, metric=cfg.promotion_metric)

@@ -118,7 +118,8 @@ def start_parent_run(cfg: PipelineConfig, prepared: PreparedData,
         experiment_id,
         run_name=run_name,
         tags={schema.DATASET: prepared.dataset, schema.DATA_FINGERPRINT: prepared.fingerprint,
-              schema.CODE_VERSION: code_version(), schema.BASE_MODEL: cfg.base.name, schema.RUN_BY: this_process()},
+              schema.CODE_VERSION: code_version(), schema.BASE_MODEL: cfg.base.name, schema.RUN_BY: this_process(),
+              schema.PROMOTION_METRIC: cfg.promotion_metric},
     )
     client.log_param(run.info.run_id, "domains", ",".join(prepared.domains))
     client.log_param(run.info.run_id, schema.CONFIG_SHA256, cfg.sha256())

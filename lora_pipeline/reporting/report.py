@@ -36,12 +36,12 @@ REPORTED = {"classify": ("macro_f1", "accuracy"), "generate": ("rougeL", "rouge1
 EFFICIENCY = ("train_seconds", "adapter_size_bytes", "trainable_params", "latency_p50_ms", "throughput_per_s")
 
 
-def summary_rows(results: dict, failures: dict[str, str], metric: str | None = None) -> list[dict]:
-    """``results``: domain -> (TrainedAdapter, DomainEvaluation, RegisteredAdapter); ``metric``: what promotion
-    compared (None: each evaluation's own, macro_f1 or rougeL)."""
+def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
+    """``results``: domain -> (TrainedAdapter, DomainEvaluation, RegisteredAdapter). Each row shows the metric
+    its version's promotion compared (promotion.metric; a cached version: the one it was decided by)."""
     rows = []
     for domain, (trained, evaluation, registered) in sorted(results.items()):
-        ranked = metric or evaluation.metric
+        ranked = registered.metric
         # A classification run's few-shot base is in the report, not in this table (its width).
         shown = [m for m in MODEL_NAMES if m in evaluation.metrics and (m != "fewshot" or evaluation.classical == "lead")]
         rows.append({
@@ -166,13 +166,14 @@ def collect_comparison(client, run_id: str) -> RunComparison:
         domain_runs = {c.data.tags["domain"]: c.info.run_id for c in children if "domain" in c.data.tags}
     comparison = RunComparison(run_id=run_id, run_name=parent.info.run_name or run_id,
                                started=_iso(parent.info.start_time), tags=dict(tags))
+    ranked = tags.get(schema.PROMOTION_METRIC)  # the run's promotion.metric (runs before the tag: the task's own)
     with tempfile.TemporaryDirectory() as tmp:
         for key, domain_run_id in sorted(domain_runs.items()):
             run = client.get_run(domain_run_id)
             domain = run.data.tags.get(schema.DOMAIN, key)  # the tag key holds a safe form of the name
             local = client.download_artifacts(domain_run_id, "evaluation", tmp)
             evaluation = json.loads((Path(local) / "evaluation.json").read_text())
-            metric = run.data.tags.get(schema.PROMOTION_METRIC) or evaluation.get("metric", "macro_f1")
+            metric = ranked or evaluation.get("metric", "macro_f1")
             task = task_of_metric(metric)
             predictions = Path(local) / "predictions.jsonl"  # absent in runs logged before it existed
             rows = pd.read_json(predictions, lines=True, dtype=False) if predictions.is_file() else None

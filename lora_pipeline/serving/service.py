@@ -29,7 +29,7 @@ from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
 # Run metrics shown next to each served adapter in GET /adapters.
 SHOWN_METRICS = ("adapter_macro_f1", "adapter_accuracy", "base_macro_f1", "tfidf_macro_f1", "adapter_rougeL",
-                 "base_rougeL", "lead_rougeL", "adapter_size_bytes", "train_seconds")
+                 "adapter_rouge1", "adapter_rouge2", "base_rougeL", "lead_rougeL", "adapter_size_bytes", "train_seconds")
 
 
 def _now() -> str:
@@ -128,7 +128,7 @@ class ChampionService:
                         report.removed.append(domain)
                     continue
                 name, version = champions[domain]
-                if current is not None and current.version == version:
+                if current is not None and (current.model_name, current.version) == (name, version):
                     report.unchanged.append(f"{name} v{version}")
                     continue
                 try:
