@@ -28,7 +28,7 @@ from lora_pipeline.models.prompting import IGNORE
 from lora_pipeline.provenance import evaluation_inputs, training_inputs
 from lora_pipeline.registry.promotion import decide_promotion
 from lora_pipeline.training.trainer import train_adapter
-from tests.tiny_models import TINY_CAUSAL, build_tiny_causal
+from tests.tiny_models import build_tiny_causal
 
 DOMAINS = ("challenge", "outcome")
 
@@ -91,14 +91,16 @@ def test_generate_picks_the_generation_base_and_refuses_a_base_that_cannot_write
 
 
 # --- the tiny base: train, reload, generate ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gen")
-    spec = build_tiny_causal(root / "causal")
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def tiny(tmp_path_factory, request):
+    """Three generation adapters trained on a tiny base of each architecture the generation bases have
+    (SmolLM2: Llama; Gemma 3: sliding-window and global attention layers)."""
+    root = tmp_path_factory.mktemp(f"gen-{request.param}")
+    spec = build_tiny_causal(root / "causal", arch=request.param)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(BASE_MODELS, spec.name, spec)
         _generation_table().to_csv(root / "g.csv", index=False)
-        cfg = load_config(overrides=["task=generate", f"base.name={TINY_CAUSAL}", "base.max_length=32",
+        cfg = load_config(overrides=["task=generate", f"base.name={spec.name}", "base.max_length=32",
                                      "train.max_steps=4", "train.batch_size=4", "train.learning_rate=0.01",
                                      "runtime.precision=fp32", "generation.max_new_tokens=6",
                                      "generation.max_target_tokens=12", "split.max_test_rows=6",
@@ -109,7 +111,7 @@ def tiny(tmp_path_factory):
 
 
 def test_the_loss_sees_only_the_target_and_eos(tiny):
-    tokenizer = load_tokenizer(TINY_CAUSAL)
+    tokenizer = load_tokenizer(tiny[0].base.name)
     prompt = GenerationPrompt("Write the outcome of this text in one sentence.", 32).build(tokenizer, "Some text.")
     example = training_example(tokenizer, prompt, "It works.", max_target_tokens=12)
     n_prompt = len(tokenizer(prompt).input_ids)
@@ -191,7 +193,7 @@ def test_a_serving_pool_writes_with_each_of_its_generation_adapters(tiny):
     from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 
     cfg, prepared, trained, root = tiny
-    pool = AdapterPool(TINY_CAUSAL, LoraSettings())
+    pool = AdapterPool(cfg.base.name, LoraSettings())
     for domain in DOMAINS:
         assert pool.add(domain, trained[domain].adapter_dir).kind == "causal-generator"
     texts = prepared.domains["outcome"].read("test")["text"].tolist()[:4]

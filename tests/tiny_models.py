@@ -11,14 +11,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import ByteLevelBPETokenizer
-from transformers import (AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedTokenizerFast)
+from transformers import (AutoTokenizer, BertConfig, BertModel, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
 
 from lora_pipeline.models.bases import BaseModelSpec
 
 TINY_ENCODER = "tiny-bert"
 TINY_SENTENCE_ENCODER = "tiny-sentence-bert"  # the same weights, read by mean pooling (MiniLM's kind)
 TINY_CAUSAL = "tiny-llama"
+TINY_GEMMA = "tiny-gemma3"  # Gemma 3's architecture (gemma-3-270m's): local sliding-window layers, q/k norms
 
 # Text the causal tokenizer learns its merges from. The sentiment labels are frequent, so each of
 # " negative", " neutral", " positive" becomes one token (the one-row-per-prompt scoring path); rarer
@@ -56,18 +57,23 @@ def tiny_sentence_encoder(encoder: BaseModelSpec) -> BaseModelSpec:
                          source="dir", local_dir=encoder.local_dir, max_positions=128)
 
 
-def build_tiny_causal(folder: Path, seed: int = 0) -> BaseModelSpec:
-    """A 2-layer, 32-wide Llama with a byte-level BPE tokenizer trained here (no chat template)."""
+def build_tiny_causal(folder: Path, seed: int = 0, arch: str = "llama") -> BaseModelSpec:
+    """A 2-layer, 32-wide causal LM (``arch``: "llama", SmolLM2's architecture, or "gemma3") with a byte-level
+    BPE tokenizer trained here (no chat template)."""
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(_CORPUS, vocab_size=300, min_frequency=1, special_tokens=["<pad>", "<eos>"])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<pad>")
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None))
+    shared = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    if arch == "gemma3":  # one sliding-window layer (a window shorter than the prompts) and one global layer
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**shared, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                                                   layer_types=["sliding_attention", "full_attention"]))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shared, num_key_value_heads=2))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return BaseModelSpec(name=TINY_CAUSAL, kind="causal", package="", module="", params_millions=0.1,
-                         lora_targets=("q_proj", "v_proj"), modules_to_save=(), source="dir",
+    return BaseModelSpec(name=TINY_GEMMA if arch == "gemma3" else TINY_CAUSAL, kind="causal", package="", module="",
+                         params_millions=0.1, lora_targets=("q_proj", "v_proj"), modules_to_save=(), source="dir",
                          local_dir=str(folder), max_positions=256)
