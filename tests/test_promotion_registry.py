@@ -165,6 +165,8 @@ def test_models_compare_on_a_users_file_scores_every_version_on_the_same_rows(pr
     champion = str(schema.champion_version(client, "vader-tweets").version)
     others = table[table["version"].astype(str) != champion]
     assert len(others) and (others["vs_champion"] == f"v{champion}: +0.0000 [+0.0000, +0.0000]").all()
+    by_accuracy = cfg.model_copy(update={"promotion": cfg.promotion.model_copy(update={"metric": "accuracy"})})
+    assert {"accuracy", "accuracy_interval"} <= set(compare_on_file(client, by_accuracy, "vader-tweets", path))
 
     overrides = [a for item in tiny_overrides(Path(cfg.runtime.project_dir)) for a in ("--set", item)]
     printed = io.StringIO()

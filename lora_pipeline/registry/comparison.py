@@ -36,15 +36,14 @@ def rows_for_domain(cfg: PipelineConfig, path: str | Path, domain: str, task: Ta
 
 
 def compare_on_file(client: MlflowClient, cfg: PipelineConfig, name: str, path: str | Path) -> pd.DataFrame:
-    """One row per version of ``name``, newest first: the metric promotion compares (promotion.metric, else what
-    the versions were promoted by: macro-F1, or ROUGE-L for a generation model) on the file's rows of its domain,
+    """One row per version of ``name``, newest first: the metric promotion compares (promotion.metric, else the
+    task's own: macro-F1, or ROUGE-L for a generation model) on the file's rows of its domain,
     with a bootstrap interval, and each version minus the champion on the same rows (paired bootstrap)."""
     model = client.get_registered_model(name)
     versions = sorted(schema.versions_of(client, name), key=lambda v: -int(v.version))
     # A classifier's versions carry their labels; a writer's have none (then the file needs a target column).
     task = task_named("classify" if any(v.tags.get(schema.LABELS) for v in versions) else "generate")
-    recorded = next((v.tags[schema.PROMOTION_METRIC] for v in versions if v.tags.get(schema.PROMOTION_METRIC)), None)
-    task = task.with_metric((cfg.promotion.metric if cfg.task == task.name else None) or recorded)
+    task = task.with_metric(cfg.promotion.metric if cfg.task == task.name else None)  # else the task's own
     metric = task.metric
     rows = rows_for_domain(cfg, path, model.tags.get(schema.DOMAIN, ""), task)
     texts, truth = rows["text"].tolist(), rows[task.truth_column].tolist()
