@@ -22,7 +22,7 @@ from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.errors import RegistryError
 from lora_pipeline.evaluation.generation import markdown_cell
 from lora_pipeline.evaluation.metrics import plot_confusion_matrix
-from lora_pipeline.evaluation.tasks import task_of_metric
+from lora_pipeline.evaluation.tasks import Task, task_of_metric
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.promotion import tfidf_verdict, tfidf_wins
 from lora_pipeline.registry.tracking import setup_tracking
@@ -188,16 +188,15 @@ def collect_comparison(client, run_id: str) -> RunComparison:
                 version=run.data.tags.get(schema.REGISTERED_VERSION, ""),
                 decision=run.data.tags.get(schema.PROMOTION_DECISION, ""),
                 reason=run.data.tags.get(schema.PROMOTION_REASON, ""),
-                intervals=_intervals(rows, evaluation["labels"], metric) if rows is not None else {},
+                intervals=_intervals(rows, evaluation["labels"], task) if rows is not None else {},
                 metric=metric,
                 samples=rows.head(5).to_dict("records") if rows is not None and task.name == "generate" else [],
             ))
     return comparison
 
 
-def _intervals(rows: pd.DataFrame, labels: list[str], metric: str = "macro_f1") -> dict[str, tuple[float, float]]:
-    """Per model, the bootstrap interval of its test ``metric`` (``rows``: the run's predictions.jsonl)."""
-    task = task_of_metric(metric)
+def _intervals(rows: pd.DataFrame, labels: list[str], task: Task) -> dict[str, tuple[float, float]]:
+    """Per model, the bootstrap interval of the metric ``task`` ranks by (``rows``: the run's predictions.jsonl)."""
     truth = rows[task.truth_column].astype(str).tolist()
     return {c.removesuffix("_pred"): task.metric.interval(truth, rows[c].astype(str).tolist(), labels)
             for c in rows.columns if c.endswith("_pred")}
