@@ -221,6 +221,35 @@ def test_causal_training_examples_mask_the_prompt(case, tiny_bases, splits):
             assert tokenizer.decode(example["input_ids"][:prompt_len]).endswith("Label:")
 
 
+@pytest.mark.parametrize("case", CAUSAL_CASES, **by_id)
+def test_causal_class_weights_weigh_each_example_by_its_label(case, tiny_bases, splits):
+    """train.class_weights reaches the causal LM: its loss weighs each example's answer tokens by the class
+    weight of its label. Weights of 1 give the model's own loss; others, the weighted mean of each example's
+    own token losses (each computed alone, unpadded)."""
+    kind, tokenizer, domain = KINDS[case.kind], load_tokenizer(case.base), splits[case.domain]
+    train_ds, _, collator = kind.training_data(tokenizer, domain, MAX_LENGTH, INSTRUCTION)
+    labels_of_rows = domain.read("train")["label"].tolist()
+    rows = [labels_of_rows.index(label) for label in case.labels]  # one example of each label
+    torch.manual_seed(0)
+    model = kind.load_base(tiny_bases[case.base], case.labels, None).eval()
+
+    def own_loss_sum(example) -> tuple[float, int]:  # the model's mean token loss x its answer tokens
+        n = sum(t != IGNORE for t in example["labels"][1:])
+        batch = {k: torch.tensor([v]) for k, v in example.items()}
+        return float(model(**batch).loss) * n, n
+
+    batch = collator([train_ds[i] for i in rows])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        outputs = model(**batch)
+        alone = [own_loss_sum(train_ds[i]) for i in rows]
+        for weights in ([1.0] * len(case.labels), [0.5 + 2 * i for i in range(len(case.labels))]):
+            loss = float(kind.loss_function(weights, tokenizer, case.labels)(outputs, labels))
+            expected = sum(w * s for w, (s, _) in zip(weights, alone)) / sum(w * n for w, (_, n) in zip(weights, alone))
+            assert loss == pytest.approx(expected, rel=1e-4)
+    assert kind.loss_function(None, tokenizer, case.labels) is None  # balanced classes: the model's own loss
+
+
 # --- 4. the pool: mixed-adapter batches -----------------------------------------------------------
 POOL_CASES = [("encoder", TINY_ENCODER, ["yesno", "stars"]),
               ("sentence-encoder", TINY_SENTENCE_ENCODER, ["yesno", "sentiment"]),

@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
 from lora_pipeline.models.bases import LOAD_LOCK, base_model_path
 from lora_pipeline.models.kind import ModelKind
-from lora_pipeline.models.prompting import (IGNORE, PromptFormat, build_prompt, pick_examples, score_labels,
+from lora_pipeline.models.prompting import (IGNORE, PromptFormat, answer_ids, build_prompt,
+                                            class_weighted_answer_loss, pick_examples, score_labels,
                                             training_example)
 
 if TYPE_CHECKING:
@@ -58,6 +59,12 @@ class CausalLabelScorer(ModelKind):
 
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
         return examples("train"), examples("val"), collator
+
+    def loss_function(self, class_weights, tokenizer, labels):
+        if class_weights is None:
+            return None
+        return class_weighted_answer_loss({tuple(answer_ids(tokenizer, label)): weight
+                                           for label, weight in zip(labels, class_weights)})
 
     def validation_batch_size(self, train: TrainConfig) -> int:
         return train.batch_size  # the loss needs the full vocabulary's logits at every position

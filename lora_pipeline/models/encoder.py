@@ -160,7 +160,7 @@ class EncoderClassifier(ModelKind):
 
         return compute
 
-    def loss_function(self, class_weights):
+    def loss_function(self, class_weights, tokenizer, labels):
         if class_weights is None:
             return None
         weights = torch.tensor(class_weights, dtype=torch.float32)

@@ -61,8 +61,10 @@ class ModelKind(ABC):
         """(train dataset, validation dataset, collator) for the HF Trainer; texts cut head+tail to ``max_length``
         (``max_answer_tokens``: generation targets cut to this)."""
 
-    def loss_function(self, class_weights: list[float] | None) -> Callable | None:
-        """The Trainer's ``compute_loss_func`` for these per-class weights (None: the model's own loss)."""
+    def loss_function(self, class_weights: list[float] | None, tokenizer: PreTrainedTokenizerBase,
+                      labels: list[str]) -> Callable | None:
+        """The Trainer's ``compute_loss_func`` for these per-class weights, one per label (None: the model's
+        own loss)."""
         return None
 
     def compute_metrics(self, labels: list[str]) -> Callable | None:

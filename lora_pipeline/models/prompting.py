@@ -61,12 +61,35 @@ def pick_examples(texts: list[str], labels: list[str], k: int, seed: int) -> lis
     return picked
 
 
+def answer_ids(tokenizer, label: str) -> list[int]:
+    """The tokens a training example answers with: " label" + EOS."""
+    return tokenizer(PromptFormat.answer(label), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
 def training_example(tokenizer, prompt: str, label: str) -> dict[str, list[int]]:
     """Prompt + answer + EOS; the loss sees only the answer and EOS."""
     prompt_ids = tokenizer(prompt).input_ids
-    answer_ids = tokenizer(PromptFormat.answer(label), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return {"input_ids": prompt_ids + answer_ids, "attention_mask": [1] * (len(prompt_ids) + len(answer_ids)),
-            "labels": [IGNORE] * len(prompt_ids) + answer_ids}
+    answer = answer_ids(tokenizer, label)
+    return {"input_ids": prompt_ids + answer, "attention_mask": [1] * (len(prompt_ids) + len(answer)),
+            "labels": [IGNORE] * len(prompt_ids) + answer}
+
+
+def class_weighted_answer_loss(weight_of_answer: dict[tuple[int, ...], float]):
+    """The Trainer's ``compute_loss_func`` for answer-only labels, each example weighed by its label's class
+    weight (the causal LM's counterpart of the encoder's weighted cross-entropy): sum(w * token loss) /
+    sum(w) over the answer tokens. With every weight 1 it is the model's own loss. ``weight_of_answer``:
+    a label's ``answer_ids`` -> its weight; an example's label is read back from its answer tokens."""
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        targets = labels[:, 1:]  # position t predicts token t + 1
+        token_loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                                       ignore_index=IGNORE, reduction="none")
+        per_row = [weight_of_answer[tuple(row[row != IGNORE].tolist())] for row in labels]
+        weights = torch.tensor(per_row, dtype=torch.float32, device=logits.device)[:, None] * (targets != IGNORE)
+        return (token_loss * weights).sum() / weights.sum()
+
+    return loss
 
 
 @torch.inference_mode()

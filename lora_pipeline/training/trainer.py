@@ -190,7 +190,7 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                       compute_metrics=kind.compute_metrics(splits.labels),
                       callbacks=[*stopping, ProgressLine(splits.domain)],
-                      compute_loss_func=kind.loss_function(class_weights))
+                      compute_loss_func=kind.loss_function(class_weights, tokenizer, splits.labels))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict
     started = time.perf_counter()
     trainer.train()
