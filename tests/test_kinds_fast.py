@@ -229,7 +229,8 @@ def test_causal_class_weights_weigh_each_example_by_its_label(case, tiny_bases, 
     kind, tokenizer, domain = KINDS[case.kind], load_tokenizer(case.base), splits[case.domain]
     train_ds, _, collator = kind.training_data(tokenizer, domain, MAX_LENGTH, INSTRUCTION)
     labels_of_rows = domain.read("train")["label"].tolist()
-    rows = [labels_of_rows.index(label) for label in case.labels]  # one example of each label
+    first = [labels_of_rows.index(label) for label in case.labels]
+    rows = first[::-1] + first[:1]  # every label, not in label order, one twice: weights follow labels, not rows
     torch.manual_seed(0)
     model = kind.load_base(tiny_bases[case.base], case.labels, None).eval()
 
@@ -243,10 +244,13 @@ def test_causal_class_weights_weigh_each_example_by_its_label(case, tiny_bases, 
     with torch.no_grad():
         outputs = model(**batch)
         alone = [own_loss_sum(train_ds[i]) for i in rows]
+        losses = []
         for weights in ([1.0] * len(case.labels), [0.5 + 2 * i for i in range(len(case.labels))]):
-            loss = float(kind.loss_function(weights, tokenizer, case.labels)(outputs, labels))
-            expected = sum(w * s for w, (s, _) in zip(weights, alone)) / sum(w * n for w, (_, n) in zip(weights, alone))
-            assert loss == pytest.approx(expected, rel=1e-4)
+            losses.append(float(kind.loss_function(weights, tokenizer, case.labels)(outputs, labels)))
+            of_row = [weights[case.labels.index(labels_of_rows[i])] for i in rows]
+            expected = sum(w * s for w, (s, _) in zip(of_row, alone)) / sum(w * n for w, (_, n) in zip(of_row, alone))
+            assert losses[-1] == pytest.approx(expected, rel=1e-5)
+    assert losses[1] != pytest.approx(losses[0], rel=1e-4)  # the weights did change the loss
     assert kind.loss_function(None, tokenizer, case.labels) is None  # balanced classes: the model's own loss
 
 

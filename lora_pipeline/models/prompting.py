@@ -80,13 +80,20 @@ def class_weighted_answer_loss(weight_of_answer: dict[tuple[int, ...], float]):
     sum(w) over the answer tokens. With every weight 1 it is the model's own loss. ``weight_of_answer``:
     a label's ``answer_ids`` -> its weight; an example's label is read back from its answer tokens."""
 
-    def loss(outputs, labels, num_items_in_batch=None):
+    def weight(row: list[int]) -> float:
+        answer = tuple(t for t in row if t != IGNORE)
+        if answer not in weight_of_answer:
+            raise ValueError(f"class weights: answer tokens {answer} are no label's")
+        return weight_of_answer[answer]
+
+    def loss(outputs, labels, num_items_in_batch=None):  # one batch: no gradient accumulation to scale for
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         targets = labels[:, 1:]  # position t predicts token t + 1
-        token_loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
-                                                       ignore_index=IGNORE, reduction="none")
-        per_row = [weight_of_answer[tuple(row[row != IGNORE].tolist())] for row in labels]
-        weights = torch.tensor(per_row, dtype=torch.float32, device=logits.device)[:, None] * (targets != IGNORE)
+        answered = targets != IGNORE  # only these logits are read (in fp32), not the prompt's
+        token_loss = torch.nn.functional.cross_entropy(logits[:, :-1][answered].float(), targets[answered],
+                                                       reduction="none")
+        per_row = torch.tensor([weight(row) for row in labels.tolist()], dtype=torch.float32, device=logits.device)
+        weights = per_row[:, None].expand_as(targets)[answered]
         return (token_loss * weights).sum() / weights.sum()
 
     return loss
