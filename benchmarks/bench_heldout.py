@@ -1,6 +1,6 @@
 """Held-out datasets: the default pipeline on data unlike VADER, run as a new user would run it.
 
-    python -m benchmarks.bench_heldout [--datasets vader,bbc,newsgroups,imdb,drugs] [--set KEY=VALUE ...]
+    python -m benchmarks.bench_heldout [--datasets vader,bbc,newsgroups,newsgroups20,imdb,drugs] [--set KEY=VALUE ...]
 
 For each dataset: the built-in copy (``lora-pipeline fetch-data --dataset NAME``), then
 ``lora-pipeline run --data data/NAME.csv`` with the default config (nothing tuned per dataset) in its
