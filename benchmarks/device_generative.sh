@@ -59,7 +59,8 @@ start)  # $2 payload, $3 base: install the payload, convert the base once, then 
                 --out-dir /tmp/res/$base-\$d --work /tmp/work/$base-\$d > /tmp/logs/$base-\$d.log 2>&1 &
         done; wait" > /tmp/logs/$base.log 2>&1 < /dev/null &
     sleep 2; echo "started $base" ;;
-wait)  # $2 seconds at most; then the results so far go to $OUT
+wait)  # $2 seconds at most; then the results so far go to $OUT (at most 8 files come back: 4 runs; move
+       # earlier /tmp/res/* aside before a second round)
     end=$((SECONDS + $2))
     while pgrep -f benchmarks.bench_heldout > /dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
     for f in /tmp/logs/*.log; do echo "== $f"; tail -n 6 "$f"; done
