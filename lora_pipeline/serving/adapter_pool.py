@@ -1,8 +1,8 @@
 """One frozen base in memory, many named LoRA adapters, and mixed-adapter forward passes.
 
-A batch may hold texts for different adapters: peft routes each row through its own adapter
-(``adapter_names=[...]``), so nothing switches a global "active adapter" between requests (which two
-concurrent requests would race on). Adapters are added and removed while serving; a lock keeps those
+A batch may hold texts for different adapters: each row goes through its own adapter (peft's
+``adapter_names=[...]``, with the LoRA product batched across adapters by ``stacked_lora``), so nothing
+switches a global "active adapter" between requests (which two concurrent requests would race on). Adapters are added and removed while serving; a lock keeps those
 changes out of a running forward pass. What the base looks like and how rows are scored is the base's
 kind's business (``lora_pipeline.models``): an encoder's heads are padded to one shared width
 (``api.max_labels``), a causal LM scores each adapter's labels after its own prompt.
@@ -27,6 +27,7 @@ from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.compute import autocast
 from lora_pipeline.models.encoder import HEAD_NAMES
 from lora_pipeline.models.generator import write_texts
+from lora_pipeline.serving.stacked_lora import StackedLoraLinear, restack
 
 # The pool's own adapter: always present and active, so removing a served adapter never leaves peft
 # without an active one. Rows are never routed to it.
@@ -53,7 +54,9 @@ class AdapterPool:
         self.modules_to_save = sorted(set(lora.modules_to_save) - set(HEAD_NAMES))
         self.tokenizer = load_tokenizer(base_model, cache_dir)
         base = self.kind.pool_base(get_spec(base_model), max_labels, cache_dir).to(self.compute.device)
-        self.model: PeftModel = get_peft_model(base, self.kind.lora_config(lora, r=1), adapter_name=IDLE).eval()
+        idle = self.kind.lora_config(lora, r=1)
+        idle._register_custom_module({torch.nn.Linear: StackedLoraLinear})  # the adapted Linears, for every adapter
+        self.model: PeftModel = get_peft_model(base, idle, adapter_name=IDLE).eval()
         for module_name, module in self.model.named_modules():
             if isinstance(module, ModulesToSaveWrapper) and not isinstance(module.original_module, _MIXABLE):
                 raise ConfigError(
@@ -103,6 +106,8 @@ class AdapterPool:
                 if name in self.model.peft_config:
                     self.model.delete_adapter(name)
                 raise
+            finally:
+                restack(self.model)  # the stacked copies follow the adapters, loaded or not
             self.model.eval()
             self.meta[name] = meta
         return meta
@@ -111,6 +116,7 @@ class AdapterPool:
         with self.lock:
             self.meta.pop(name)
             self.model.delete_adapter(name)
+            restack(self.model)
 
     def predict_proba(self, requests: list[PoolRequest], batch_size: int = 32) -> list[np.ndarray]:
         """Per request, the probabilities over its adapter's labels; rows of any adapters share each forward."""
