@@ -11,7 +11,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from lora_pipeline.serving.stacked_lora import BASE_ROWS, StackedLoraLinear, restack
+from lora_pipeline.models.causal_scorer import BASE_ROWS
+from lora_pipeline.serving.stacked_lora import StackedLoraLinear, restack
 
 BASES = {  # name -> (model, LoRA targets, modules trained in full)
     "bert-classifier": (lambda: BertForSequenceClassification(BertConfig(

@@ -2,8 +2,8 @@
 
 A batch may hold texts for different adapters: each row goes through its own adapter (peft's
 ``adapter_names=[...]``, with the LoRA product batched across adapters by ``stacked_lora``), so nothing
-switches a global "active adapter" between requests (which two concurrent requests would race on). Adapters are added and removed while serving; a lock keeps those
-changes out of a running forward pass. What the base looks like and how rows are scored is the base's
+switches a global "active adapter" between requests (which two concurrent requests would race on).
+Adapters are added and removed while serving; a lock keeps those changes out of a running forward pass. What the base looks like and how rows are scored is the base's
 kind's business (``lora_pipeline.models``): an encoder's heads are padded to one shared width
 (``api.max_labels``), a causal LM scores each adapter's labels after its own prompt.
 """

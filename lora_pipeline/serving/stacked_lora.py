@@ -25,8 +25,6 @@ import torch
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora.layer import VARIANT_KWARG_KEYS
 
-BASE_ROWS = "__base__"  # peft's name for "no adapter" in a mixed batch
-
 
 class StackedLoraLinear(LoraLinear):
     """peft's LoRA Linear whose mixed-adapter forward is one gather and two batched matmuls."""
