@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.bench_training import full_finetune_quality, matmul_flops_per_s
     from benchmarks.report import ratios, write_report
     from lora_pipeline.data.prepare import prepare_data
+    from lora_pipeline.models.adapters import lora_settings_for
     from lora_pipeline.models.bases import base_model_bytes
     from lora_pipeline.models.compute import compute_for
 
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {"base_model": cfg.base.name, "domains": sorted(prepared.domains),
                    "rows_per_domain": {d: s.counts for d, s in sorted(prepared.domains.items())},
                    "epochs": cfg.train.epochs, "max_steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size,
-                   "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "learning_rate": cfg.train.learning_rate},
+                   "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "learning_rate": cfg.train.learning_rate,
+                            "target_modules": lora_settings_for(cfg.base.name, cfg.lora).target_modules},
                    "full_finetune_learning_rates": args.full_lr, "max_length": cfg.base.max_length,
                    "parallel_domains": cfg.runtime.parallel_domains, "overrides": args.overrides,
                    "group_by_length": cfg.train.group_by_length, "config_sha256": cfg.sha256()},

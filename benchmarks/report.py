@@ -55,7 +55,8 @@ def report_blocks(r: dict, chart: Path) -> list[tuple]:
               f"{r['bench_wall_s'] / 60:.1f} min in all; every ratio below divides two measurements of this run. "
               f"Base `{cfg['base_model']}`; per domain about {some['train']} train / {some['val']} val / "
               f"{some['test']} test rows, {cfg['epochs']} epochs (max_steps {cfg['max_steps']}), batch {cfg['batch_size']}; "
-              f"LoRA r={cfg['lora']['r']} lr {cfg['lora']['learning_rate']}; full fine-tune: the best on validation "
+              f"LoRA r={cfg['lora']['r']} lr {cfg['lora']['learning_rate']} on "
+              f"{','.join(cfg['lora'].get('target_modules') or ['the base default'])}; full fine-tune: the best on validation "
               f"macro-F1 of lr {', '.join(map(str, cfg['full_finetune_learning_rates']))}, per domain. Config overrides: {', '.join(cfg['overrides']) or 'none'}."),
         ("p", f"Precision: every figure below is in **{chosen}** on {r['device']} (runtime.precision: auto on this "
               f"machine) unless it says otherwise; the fp32 comparison is measured in the same run (section "

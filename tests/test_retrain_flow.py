@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from lora_pipeline.cli import main
 from lora_pipeline.data.prepare import domain_dirname
 from lora_pipeline.evaluation.metrics import SCALAR_METRICS
+from lora_pipeline.models.bases import get_spec
 from lora_pipeline.registry.promotion import decide_promotion
 from tests.conftest import tiny_overrides
 
@@ -65,6 +66,8 @@ def test_run_registers_one_adapter_per_domain_then_rebuilds_one(tmp_path, vader_
         assert 0 <= run.data.metrics["adapter_macro_f1"] <= 1
         assert 0 < run.data.metrics["trainable_share"] < 0.05  # an adapter, not a full fine-tune
         assert run.data.metrics["train_steps"] == 6
+        # the LoRA modules the config leaves to the base (null) are logged as the base filled them in
+        assert run.data.params["lora.target_modules"] == str(list(get_spec("all-minilm-l6-v2").lora_targets))
 
         # provenance on the version; the run is nested under the flow's parent run
         for tag in ("data_fingerprint", "domain_fingerprint", "base_model", "config_sha256", "code_version", "seed"):

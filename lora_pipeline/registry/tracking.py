@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from lora_pipeline.config import PipelineConfig, domain_dirname
 from lora_pipeline.data.prepare import DomainSplits, PreparedData, text_key
 from lora_pipeline.errors import RegistryError
+from lora_pipeline.models.adapters import lora_settings_for
 from lora_pipeline.provenance import code_version
 from lora_pipeline.registry import schema
 from lora_pipeline.registry.mlflow_model import CODE_PATHS, model_requirements, pyfunc_model_for
@@ -140,6 +141,9 @@ def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[
 
 
 def _flat_params(cfg: PipelineConfig) -> dict[str, object]:
+    """The config sections that made an adapter, with the LoRA modules the config left to the base (null)
+    filled in, so a version's params say which layers it adapted."""
+    cfg = cfg.model_copy(update={"lora": lora_settings_for(cfg.base.name, cfg.lora)})
     sections = cfg.model_dump(mode="json", include={"base", "lora", "train", "split", "promotion"}
                               | ({"generation"} if cfg.task == "generate" else set()))
     flat = {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}

@@ -1,0 +1,78 @@
+"""Which layers LoRA adapts, and what a training step costs for it: MiniLM, one batch, in one process.
+
+    python -m benchmarks.bench_lora_layers [--lengths 48,256] [--rounds 3] [--steps 8]
+
+The default adapts every linear layer of MiniLM's blocks (``BaseModelSpec.lora_targets``); before
+2026-12-05 it adapted ``query`` and ``value`` only. This measures the step of each variant below on the
+same batch (VADER amazon, padded to each length: the cost depends on the shape, not the words), the
+variants interleaved round by round so that a busy moment of this shared machine hits them all. Only
+step time is measured here; quality is measured by ``benchmarks.bench_heldout`` (README, "The recipe
+adapts"). Writes ``benchmarks/results/lora-layers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lora_pipeline.config import apply_runtime_env, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ALL_LINEAR = "[query,key,value,intermediate.dense,output.dense]"
+VARIANTS = {  # name -> config overrides (learning rate does not change a step's cost)
+    "query,value": ["lora.target_modules=[query,value]"],
+    "all linear": [f"lora.target_modules={ALL_LINEAR}"],
+    "all linear, lora.dropout=0": [f"lora.target_modules={ALL_LINEAR}", "lora.dropout=0"],
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", default="48,256", help="padded sequence lengths, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each times every variant once")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "lora-layers.json")
+    args = parser.parse_args(argv)
+
+    base = load_config(overrides=[*args.overrides, "data.domains=[amazon]"])
+    apply_runtime_env(base)
+    from benchmarks.bench_serving import machine
+    from benchmarks.bench_training import measure_step
+    from lora_pipeline.data.datasets import resolve_data_path
+    from lora_pipeline.data.prepare import prepare_data
+
+    work = REPO_ROOT / "benchmarks" / ".work" / "lora-layers"
+    splits = prepare_data(resolve_data_path(base.data.path, REPO_ROOT), base.data, base.split, work).domains["amazon"]
+    results = {}
+    for length in [int(x) for x in args.lengths.split(",")]:
+        seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        steps = {}
+        for _ in range(args.rounds):
+            for name, overrides in VARIANTS.items():
+                cfg = load_config(overrides=[*args.overrides, *overrides, f"base.max_length={length}"])
+                step = measure_step(cfg, splits, "lora", args.steps, args.warmup, learning_rate=1e-3)
+                seconds[name] += step["step_seconds"]
+                steps[name] = step
+        first = statistics.median(seconds[next(iter(VARIANTS))])
+        results[str(length)] = {name: {
+            "step_seconds_median": round(statistics.median(s), 4), "over_query_value": round(statistics.median(s) / first, 3),
+            "trainable_params": steps[name]["trainable_params"], "flops_per_step": steps[name]["flops_per_step"],
+            "precision": steps[name]["precision"], "batch_size": steps[name]["batch_size"], "steps_timed": len(s),
+        } for name, s in seconds.items()}
+        print(f"length {length}: " + ", ".join(f"{n} {r['step_seconds_median']} s ({r['over_query_value']}x)"
+                                               for n, r in results[str(length)].items()), flush=True)
+    out = {"benchmark": "LoRA target layers: training step cost (benchmarks.bench_lora_layers)",
+           "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+           "variants": VARIANTS, "rounds": args.rounds, "overrides": args.overrides, "by_length": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
