@@ -79,11 +79,10 @@ def test_every_figure_is_measured_and_every_ratio_is_its_quotient(bench):
         assert set(tried) == {"0.0001", "0.0003"}
         assert full_ft["best_val_macro_f1"] == max(t["best_val_macro_f1"] for t in tried.values())
     # The two methods trained what they claim, on the same batch.
-    # (MiniLM's LoRA on every linear layer with the trained head and pooler: ~2 % of the parameters)
-    assert full["trainable_params"] > 20 * lora["trainable_params"]
+    assert full["trainable_params"] > 50 * lora["trainable_params"]
     assert (lora["batch_size"], lora["sequence_length"]) == (full["batch_size"], full["sequence_length"])
     assert full["flops_per_step"] > lora["flops_per_step"] > 0  # full also computes every weight gradient
-    assert full["grads_and_optimizer_state_bytes"] > 20 * lora["grads_and_optimizer_state_bytes"]
+    assert full["grads_and_optimizer_state_bytes"] > 50 * lora["grads_and_optimizer_state_bytes"]
     assert lora["peak_rss_covers"] == "training steps only"
     # The re-run trained nothing: its train and evaluate task runs were cache hits.
     assert pipeline["cached_rerun"]["task_run_states"].get("Cached") == 2 * len(DOMAINS)
