@@ -2,12 +2,12 @@
 
     python -m benchmarks.bench_lora_layers [--lengths 48,256] [--rounds 3] [--steps 8]
 
-The default adapts every linear layer of MiniLM's blocks (``BaseModelSpec.lora_targets``); before
-2026-12-05 it adapted ``query`` and ``value`` only. This measures the step of each variant below on the
+The default adapts MiniLM's ``query`` and ``value`` (``BaseModelSpec.lora_targets``); every linear layer of
+its blocks was tried as the default and not adopted. This measures the training step of each variant below on the
 same batch (VADER amazon, padded to each length: the cost depends on the shape, not the words), the
 variants interleaved round by round so that a busy moment of this shared machine hits them all. Only
-step time is measured here; quality is measured by ``benchmarks.bench_heldout`` (README, "The recipe
-adapts"). Writes ``benchmarks/results/lora-layers.json``.
+step time is measured here; quality is measured by ``benchmarks.bench_heldout`` (README, "Held-out
+datasets", LoRA on every linear layer). Writes ``benchmarks/results/lora-layers.json``.
 """
 
 from __future__ import annotations
