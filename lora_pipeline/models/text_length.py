@@ -3,7 +3,10 @@
 ``base.max_length: auto`` measures the token lengths of a domain's train texts and takes the length that
 covers ``base.length_coverage`` of them (rounded up to a multiple of 8), capped by what the base was
 built for (``BaseModelSpec.length_budget``, or ``base.max_length_cap``). Short snippets keep short,
-cheap sequences; reviews and articles get the room they need.
+cheap sequences; reviews and articles get the room they need. When most texts are longer than that budget
+(more than ``base.long_text_share``: the budget would see a small part of nearly every text), the cap is
+the base's ``long_text_budget`` instead (all-MiniLM-L6-v2: 512, its positions): BBC News articles, 89 %
+cut at 256, went from 0.949 to 0.986 macro-F1 at 512, at twice the train time (README, Held-out datasets).
 
 A text longer than the length keeps its head and its tail, not only its head: for long documents the
 end (a review's verdict, an article's conclusion) carries as much signal as the start. Head 1/4, tail 3/4
@@ -26,6 +29,7 @@ MIN_LENGTH = 16
 class ChosenLength:
     max_length: int
     truncated_share: float  # of the measured texts, the share longer than max_length (cut head+tail)
+    cap: int  # the most it could have been: the budget, or the long-text budget when most texts exceed it
     p50_tokens: int
     p95_tokens: int
 
@@ -60,10 +64,14 @@ def truncate_text(tokenizer, text: str, max_tokens: int) -> str:
     return f"{tokenizer.decode(head)} ... {tokenizer.decode(tail)}"
 
 
-def choose_max_length(tokenizer, texts: list[str], coverage: float, cap: int) -> ChosenLength:
-    """The length covering ``coverage`` of ``texts`` (tokens, specials included), a multiple of 8, at most ``cap``."""
+def choose_max_length(tokenizer, texts: list[str], coverage: float, cap: int, long_cap: int = 0,
+                      long_share: float = 1.0) -> ChosenLength:
+    """The length covering ``coverage`` of ``texts`` (tokens, specials included), a multiple of 8, at most ``cap``;
+    at most ``long_cap`` instead when more than ``long_share`` of the texts are longer than ``cap``."""
     lengths = np.array([len(ids) for ids in tokenizer(list(texts), truncation=False, verbose=False).input_ids])
+    if long_cap > cap and (lengths > cap).mean() > long_share:
+        cap = long_cap
     wanted = math.ceil(float(np.quantile(lengths, coverage)) / 8) * 8
     chosen = int(min(cap, max(MIN_LENGTH, wanted)))
-    return ChosenLength(max_length=chosen, truncated_share=round(float((lengths > chosen).mean()), 4),
+    return ChosenLength(max_length=chosen, truncated_share=round(float((lengths > chosen).mean()), 4), cap=cap,
                         p50_tokens=int(np.median(lengths)), p95_tokens=int(np.quantile(lengths, 0.95)))
