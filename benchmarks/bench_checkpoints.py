@@ -51,15 +51,16 @@ class ScoreEveryEvaluation(TrainerCallback):
 
 def keep_best(rows, min_steps: int, patience: int, score, tolerance: float = 0.0) -> dict:
     """Replay HF's best-checkpoint choice and early stopping on ``score(row)`` (higher is better): a later
-    checkpoint replaces the kept one when it is within ``tolerance`` of the best score so far or above it."""
+    checkpoint replaces the kept one when it is within ``tolerance`` of the best score so far or above it;
+    a kept checkpoint counts as progress (as ``checkpoint_callbacks`` orders them)."""
     kept, best, waited = None, float("-inf"), 0
     for row in rows:
         value = score(row)
-        improved = value > best
-        if improved or (tolerance and value >= best - tolerance):
+        keep = value > best or (tolerance and value >= best - tolerance)
+        if keep:
             kept = row
         best = max(best, value)
-        waited = 0 if improved or row["step"] < min_steps else waited + 1
+        waited = 0 if keep or row["step"] < min_steps else waited + 1
         if patience and waited >= patience:
             break
     return kept

@@ -127,7 +127,8 @@ class BaseModelConfig(_Section):
     length_coverage: float = Field(0.95, gt=0, le=1, description="Share of train texts 'auto' lets through uncut.")
     max_length_cap: int | None = Field(
         None, ge=8, description="Upper bound of 'auto'; null = the base's budget (all-MiniLM-L6-v2: 256, the "
-        "length it was trained with; causal bases: 256 text tokens, for CPU cost).")
+        "length it was trained with, or 512 when most texts are longer: base.long_text_share; causal bases: 256 "
+        "text tokens, for CPU cost).")
     long_text_share: float = Field(
         0.75, gt=0, le=1, description="'auto' without a max_length_cap: when more than this share of a domain's "
         "train texts is longer than the base's budget, the cap is the base's long-text budget instead "

@@ -1,8 +1,10 @@
 """The data-aware recipe: the sequence length chosen from the data, head+tail truncation, zero-shot
-label descriptions for any labels, class weights for imbalanced domains, names from the data, and a gate
-that knows when the classical baseline wins."""
+label descriptions for any labels, class weights for imbalanced domains, names from the data, which
+checkpoint is kept, and a gate that knows when the classical baseline wins."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -233,4 +235,41 @@ def test_a_later_checkpoint_within_tolerance_of_the_best_is_kept(tmp_path, val_s
     trainer.train()
     assert trainer.state.best_global_step == kept_step
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{kept_step}")  # the weights loaded at the end
+    assert Path(trainer.state.best_model_checkpoint).is_dir()  # ... and still there to load
     assert trainer.state.best_metric == pytest.approx(val_scores[kept_step - 1])
+
+
+@pytest.mark.parametrize("base, overrides, expected", [
+    ("all-minilm-l6-v2", [], [("KeepLaterWithinTolerance", 0.02), ("EarlyStoppingAfterMinSteps", 1)]),
+    ("all-minilm-l6-v2", ["train.checkpoint_tie_texts=2"], [("KeepLaterWithinTolerance", 0.04),
+                                                           ("EarlyStoppingAfterMinSteps", 1)]),
+    ("all-minilm-l6-v2", ["train.checkpoint_tie_texts=0"], [("EarlyStoppingAfterMinSteps", 1)]),
+    ("all-minilm-l6-v2", ["train.early_stopping_patience=0"], [("KeepLaterWithinTolerance", 0.02)]),
+    ("smollm2-135m", [], [("EarlyStoppingAfterMinSteps", 1)]),  # kept by validation loss: no text count
+])
+def test_checkpoint_callbacks_follow_the_kind_and_the_config(base, overrides, expected):
+    from lora_pipeline.models import kind_of
+    from lora_pipeline.training.trainer import checkpoint_callbacks
+
+    train = load_config(overrides=overrides, env={}).train
+    callbacks = checkpoint_callbacks(kind_of(base, "classify"), train, total_steps=150, n_val=50)
+    assert [(type(c).__name__, getattr(c, "tolerance", getattr(c, "early_stopping_patience", None)))
+            for c in callbacks] == expected
+
+
+@pytest.mark.parametrize("base, overrides, expected", [
+    ("all-minilm-l6-v2", [], 512),  # 80 % of the texts longer than 256: MiniLM's long-text budget
+    ("all-minilm-l6-v2", ["base.max_length_cap=256"], 256),  # a cap the user set is the cap
+    ("all-minilm-l6-v2", ["base.long_text_share=1"], 256),  # the rule off
+    ("all-minilm-l6-v2", ["base.max_length=128"], 128),  # a fixed length
+    ("smollm2-135m", [], 256),  # causal bases keep their CPU budget
+])
+def test_resolve_max_length_uses_the_long_text_budget_of_the_base(tmp_path, base, overrides, expected):
+    from lora_pipeline.training.trainer import resolve_max_length
+
+    texts = [" ".join(["w"] * 600)] * 80 + ["w w w"] * 20
+    pd.DataFrame({"text": texts, "label": ["a", "b"] * 50}).to_json(tmp_path / "train.jsonl", orient="records",
+                                                                   lines=True)
+    splits = DomainSplits(domain="d", labels=["a", "b"], dir=str(tmp_path), fingerprint="f", counts={"train": 100})
+    base_cfg = load_config(overrides=[f"base.name={base}", *overrides], env={}).base
+    assert resolve_max_length(WordTokenizer(), splits, base_cfg).max_length == expected

@@ -134,18 +134,32 @@ class KeepLaterWithinTolerance(TrainerCallback):
 
     HF compares each evaluation with ``state.best_metric`` after the ``on_evaluate`` callbacks; lowering it
     just below a score within tolerance makes HF keep that checkpoint. The best score itself is tracked here,
-    so the tolerance is measured from it, never from a kept score below it."""
+    so the tolerance is measured from it, never from a kept score below it. A kept checkpoint counts as
+    progress for early stopping (``checkpoint_callbacks`` puts this callback first)."""
 
     def __init__(self, tolerance: float):
         self.tolerance, self.best = tolerance, float("-inf")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(f"eval_{args.metric_for_best_model}")
+        name = args.metric_for_best_model
+        value = (metrics or {}).get(name if name.startswith("eval_") else f"eval_{name}")  # as HF reads it
         if value is None or not args.greater_is_better:
             return
         if value >= self.best - self.tolerance and state.best_metric is not None:  # a tie is within it too
             state.best_metric = min(state.best_metric, value - 1e-9)
         self.best = max(self.best, value)
+
+
+def checkpoint_callbacks(kind: ModelKind, train: TrainConfig, total_steps: int, n_val: int) -> list[TrainerCallback]:
+    """Which checkpoint is kept and when training stops. The tolerance comes first, so that a checkpoint it
+    keeps counts as progress for early stopping too. It applies to a score that is a share of validation
+    texts (macro-F1: one text moves it by about 1/n), not to a validation loss."""
+    callbacks: list[TrainerCallback] = []
+    if kind.checkpoint_metric == "macro_f1" and train.checkpoint_tie_texts:
+        callbacks.append(KeepLaterWithinTolerance(train.checkpoint_tie_texts / max(1, n_val)))
+    if train.early_stopping_patience:
+        callbacks.append(EarlyStoppingAfterMinSteps(train.early_stopping_patience, min(train.min_steps, total_steps)))
+    return callbacks
 
 
 def resolve_max_length(tokenizer, splits: DomainSplits, base: BaseModelConfig) -> ChosenLength:
@@ -213,13 +227,10 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the kind's examples hold exactly what the model takes
     )
-    stopping = ([EarlyStoppingAfterMinSteps(train.early_stopping_patience, min(train.min_steps, total_steps))]
-                if train.early_stopping_patience else [])
-    if kind.checkpoint_metric == "macro_f1" and train.checkpoint_tie_texts:  # a share of texts: one text = 1/n
-        stopping.append(KeepLaterWithinTolerance(train.checkpoint_tie_texts / max(1, len(val_ds))))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
                       compute_metrics=kind.compute_metrics(splits.labels),
-                      callbacks=[*stopping, ProgressLine(splits.domain), *callbacks],
+                      callbacks=[*checkpoint_callbacks(kind, train, total_steps, len(val_ds)),
+                                 ProgressLine(splits.domain), *callbacks],
                       compute_loss_func=kind.loss_function(class_weights, tokenizer, splits.labels))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict
     started = time.perf_counter()
