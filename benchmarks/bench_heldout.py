@@ -103,10 +103,11 @@ def markdown(result: dict) -> str:
         for dom, r in res["domains"].items():
             f1 = r["macro_f1"]
             fewshot = f"{f1['fewshot']:.3f}" if "fewshot" in f1 else "-"
+            latency = f"{r['latency_p50_ms']:.0f}" if "latency_p50_ms" in r else "-"  # results before 2026-12-04 lack it
             lines.append(f"| {name} | {dom} | {len(r['labels'])} | **{f1['adapter']:.3f}** | {f1['base']:.3f} | "
                          f"{fewshot} | {f1['tfidf']:.3f} | {r['error_ratio_vs_tfidf']:.2f} | {r['accuracy']['adapter']:.3f} | "
                          f"{r['max_length']} ({r['truncated_share']:.0%}) | {r['train_rows']}/{r['train_rows_available']} | "
-                         f"{r['train_seconds']:.0f} | {r['epochs_run']:g} | {r['latency_p50_ms']:.0f} | {r['alias']} |")
+                         f"{r['train_seconds']:.0f} | {r['epochs_run']:g} | {latency} | {r['alias']} |")
         if res["failure"]:
             lines.append(f"| {name} | FAILED: {res['failure']} |")
     return "\n".join(lines) + "\n"
