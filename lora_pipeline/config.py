@@ -147,7 +147,9 @@ class BaseModelConfig(_Section):
 class LoraSettings(_Section):
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the LoRA input. 0 since 2026-12-05: against 0.1 it scored higher on 7 of 12 "
+        "held-out domains and lower on 4 (by at most 0.012 macro-F1), with a step 0.85x as long (README, Held-out).")
     base_dropout: float | None = Field(
         0.0, ge=0, lt=1, description="Dropout inside the frozen base while an adapter trains (BERT: hidden and "
         "attention dropout; the trained head keeps its own); null = the base's own rates (MiniLM: 0.1). On 2 CPU "
