@@ -23,6 +23,7 @@ from lora_pipeline.data.prepare import DomainSplits
 from lora_pipeline.evaluation.metrics import classification_metrics, plot_confusion_matrix
 from lora_pipeline.models.adapters import load_adapter
 from lora_pipeline.models.compute import autocast
+from lora_pipeline.ops.compute_slots import EVALUATION, takes_turns
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def predict_tfidf(train: pd.DataFrame, texts: list[str]) -> list[str]:
     return model.predict(texts).tolist()
 
 
+@takes_turns(EVALUATION)  # small CPU machines: not beside a training (ops/compute_slots.py)
 def evaluate_domain(splits: DomainSplits, adapter_dir: str | Path, inputs: EvaluationInputs,
                     out_dir: str | Path) -> DomainEvaluation:
     out_dir = Path(out_dir)

@@ -23,6 +23,7 @@ from lora_pipeline.data.prepare import DomainSplits
 from lora_pipeline.evaluation.evaluate import DomainEvaluation
 from lora_pipeline.models.adapters import load_adapter
 from lora_pipeline.models.compute import autocast
+from lora_pipeline.ops.compute_slots import EVALUATION, takes_turns
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _SCORER = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
@@ -61,6 +62,7 @@ def _samples_markdown(domain: str, rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+@takes_turns(EVALUATION)  # small CPU machines: not beside a training (ops/compute_slots.py)
 def evaluate_generation(splits: DomainSplits, adapter_dir: str | Path, inputs: EvaluationInputs,
                         out_dir: str | Path) -> DomainEvaluation:
     out_dir = Path(out_dir)

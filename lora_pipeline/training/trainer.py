@@ -33,6 +33,7 @@ from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_s
                                            count_parameters, save_adapter)
 from lora_pipeline.models.bases import base_model_path, check_lengths, get_spec, load_tokenizer
 from lora_pipeline.models.text_length import ChosenLength, choose_max_length
+from lora_pipeline.ops.compute_slots import MODEL_WORK, TRAINING
 from lora_pipeline.ops.console import log_details_to
 from lora_pipeline.ops.isolation import call_in_child_process
 
@@ -42,10 +43,6 @@ from lora_pipeline.ops.isolation import call_in_child_process
 # training in threads is neither safe nor reproducible. The pipeline trains each domain in its own process
 # (train_in_own_process); this lock only guards callers that train in threads of one process.
 _TRAIN_LOCK = threading.Lock()
-# Training processes at once from this process. torch gives each one every core: on the 2-core machine two
-# at once ran each domain 3x slower (VADER: 137-162 s a domain, flow 360 s) than one after the other (41-47 s,
-# flow 196 s), so small CPU machines train one domain at a time; larger ones as runtime.parallel_domains allows.
-_TRAINING_SLOTS = threading.BoundedSemaphore(1 if (os.cpu_count() or 1) <= 4 else 64)
 IMBALANCE_RATIO = 1.5  # class_weights: auto weights a domain whose largest class has this many times the smallest's rows
 
 
@@ -313,7 +310,7 @@ def train_in_own_process(splits: DomainSplits, inputs: TrainingInputs, output_di
     if multiprocessing.current_process().daemon:  # a Dask worker: already its own process, and may not fork
         return train_adapter(splits, inputs, output_dir)
     base_model_path(inputs.base.name, inputs.base.cache_dir)  # a GGUF base converts once, here, not per child
-    with _TRAINING_SLOTS:  # other domains' evaluation and registration go on meanwhile
+    with MODEL_WORK.hold(TRAINING):  # small CPU machines: one model job at a time (ops/compute_slots.py)
         return call_in_child_process(_train_logged, splits, inputs, str(output_dir),
                                      what=f"the training process of domain '{splits.domain}'")
 
