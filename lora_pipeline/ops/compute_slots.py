@@ -4,11 +4,13 @@ torch gives every job every core. On the 2-core machine two trainings at once ra
 (VADER: 137-162 s a domain and a 360 s flow, against 41-47 s and 196 s one after the other, 2026-12-02), and
 a domain's evaluation beside another's training took 60-125 s instead of 7 s and stretched that training
 from ~47 s to 120 s (2026-12-05, fp32). So on machines with ``SMALL_MACHINE_CORES`` or fewer, one model job
-holds the cores at a time; registration, I/O and MLflow calls still overlap it. Larger machines (and GPUs
-with many host cores) run as many jobs as ``runtime.parallel_domains`` allows.
+holds the cores at a time (the VADER flow: 336 s -> 258 s, the same adapters); registration, I/O and MLflow
+calls still overlap it. Larger machines (and GPUs with many host cores) run as many jobs as
+``runtime.parallel_domains`` allows.
 
-A waiting evaluation goes before a waiting training, so each domain is scored and registered as soon as
-its adapter exists instead of after every domain has trained.
+An evaluation waiting for a slot goes before a waiting training: a domain that has trained is finished
+(scored, then registered) before more domains start. Whether its evaluation is waiting yet depends on the
+flow's thread pool: with ``parallel_domains: 2`` the pool's queue holds every training ahead of it.
 """
 
 from __future__ import annotations
