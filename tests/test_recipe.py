@@ -273,3 +273,12 @@ def test_resolve_max_length_uses_the_long_text_budget_of_the_base(tmp_path, base
     splits = DomainSplits(domain="d", labels=["a", "b"], dir=str(tmp_path), fingerprint="f", counts={"train": 100})
     base_cfg = load_config(overrides=[f"base.name={base}", *overrides], env={}).base
     assert resolve_max_length(WordTokenizer(), splits, base_cfg).max_length == expected
+
+
+@pytest.mark.parametrize("budgets", [{"length_budget": 256}, {"length_budget": 64, "long_text_budget": 512}])
+def test_a_base_cannot_promise_more_tokens_than_its_positions(budgets):
+    from lora_pipeline.models.bases import BaseModelSpec
+
+    with pytest.raises(ValueError, match="exceeds its 128 positions"):
+        BaseModelSpec(name="small", kind="encoder", package="", module="", params_millions=1.0, lora_targets=("q",),
+                      modules_to_save=(), max_positions=128, **budgets)

