@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
                 step = measure_step(cfg, splits, method, args.steps, args.warmup, learning_rate=1e-3)
                 seconds[name] += step["step_seconds"]
                 steps[name] = step
-        first = statistics.median(seconds[next(iter(VARIANTS))])
+        median = {name: statistics.median(s) for name, s in seconds.items()}
+        first, full = median[next(iter(VARIANTS))], median["full fine-tune"]
         results[str(length)] = {name: {
-            "step_seconds_median": round(statistics.median(s), 4), "over_default": round(statistics.median(s) / first, 3),
-            "over_full_finetune": round(statistics.median(s) / statistics.median(seconds["full fine-tune"]), 3),
+            "step_seconds_median": round(median[name], 4), "over_default": round(median[name] / first, 3),
+            "over_full_finetune": round(median[name] / full, 3),
             "trainable_params": steps[name]["trainable_params"], "flops_per_step": steps[name]["flops_per_step"],
             "precision": steps[name]["precision"], "batch_size": steps[name]["batch_size"], "steps_timed": len(s),
         } for name, s in seconds.items()}
