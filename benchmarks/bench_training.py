@@ -106,8 +106,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: int, learning_rate: float) -> dict:
-    """Seconds per optimizer step, FLOPs per step and peak memory of LoRA or full training on one batch."""
+def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: int, learning_rate: float,
+                 math_attention_up_to: int | None = None) -> dict:
+    """Seconds per optimizer step, FLOPs per step and peak memory of LoRA or full training on one batch.
+    ``math_attention_up_to``: None = the base's ``cpu_bf16_math_attention_up_to``, as training uses it."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import set_seed
@@ -115,7 +117,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     from lora_pipeline.models import kind_of
     from lora_pipeline.models.adapters import build_lora_model, count_parameters
     from lora_pipeline.models.bases import get_spec, load_tokenizer
-    from lora_pipeline.models.compute import autocast, compute_for
+    from lora_pipeline.models.compute import autocast, compute_for, training_attention
     from lora_pipeline.training.trainer import resolve_max_length
 
     if cfg.train.torch_threads:
@@ -125,7 +127,10 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     train = splits.read("train").head(cfg.train.batch_size)
     label_ids = {label: i for i, label in enumerate(splits.labels)}
     tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
-    max_length = resolve_max_length(tokenizer, splits, cfg.base).max_length  # what training chooses for it
+    # 'auto': what training chooses for this data. A fixed base.max_length is the width asked for: training
+    # would stop at the longest train text (amazon's, under 256 tokens), a benchmark of that width must not.
+    max_length = (cfg.base.max_length if isinstance(cfg.base.max_length, int)
+                  else resolve_max_length(tokenizer, splits, cfg.base).max_length)
     batch = tokenizer(train["text"].tolist(), truncation=True, max_length=max_length,
                       padding="max_length", return_tensors="pt")  # a fixed shape: the same work every step
     batch["labels"] = torch.tensor([label_ids[label] for label in train["label"]])
@@ -142,8 +147,13 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
                                   weight_decay=cfg.train.weight_decay)
 
+    width = int(batch["input_ids"].shape[1])
+    math_up_to = (get_spec(cfg.base.name).cpu_bf16_math_attention_up_to if math_attention_up_to is None
+                  else math_attention_up_to)
+
     def step() -> None:
-        with autocast(compute):  # what the Trainer's bf16 switch does: the forward autocast, fp32 weights
+        # what the Trainer's bf16 switch does (the forward autocast, fp32 weights), and its attention kernel
+        with autocast(compute), training_attention(compute, width, math_up_to):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -166,7 +176,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     peak_rss = _status_bytes("VmHWM")
 
     with FlopCounterMode(display=False) as counter:  # forward + backward of one step, after the timing
-        with autocast(compute):
+        with autocast(compute), training_attention(compute, width, math_up_to):
             loss = model(**batch).loss
         loss.backward()
     flops = counter.get_total_flops()

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+from transformers import TrainerCallback
 
 from safetensors.torch import load_file
 
@@ -32,7 +34,7 @@ from lora_pipeline.models import KINDS, kind_of
 from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter, build_lora_model, load_adapter, save_adapter
 from lora_pipeline.errors import ConfigError
 from lora_pipeline.models.bases import BASE_MODELS, load_tokenizer
-from lora_pipeline.models.compute import choose_compute, cpu_bf16, model_device
+from lora_pipeline.models.compute import choose_compute, cpu_bf16, model_device, training_attention
 from lora_pipeline.models.prompting import IGNORE
 from lora_pipeline.provenance import training_inputs
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
@@ -334,6 +336,46 @@ def test_choose_compute(device, precision, caps, expected):
     else:
         chosen = choose_compute(device, precision, **caps)
         assert (chosen.device, chosen.precision) == expected
+
+
+ATTENTION_CASES = [  # (device, precision, batch width, the base's math_up_to) -> attention as plain matrix products?
+    ("cpu", "bf16", 48, 128, True),
+    ("cpu", "bf16", 128, 128, True),
+    ("cpu", "bf16", 129, 128, False),  # long batches: the fused kernel is faster
+    ("cpu", "bf16", 48, 0, False),  # a base not measured keeps torch's choice
+    ("cpu", "fp32", 48, 128, False),  # fp32: the fused kernel is as fast or faster at every length measured
+    ("cuda", "bf16", 48, 128, False),  # a GPU has kernels of its own
+]
+
+
+@pytest.mark.parametrize("device, precision, width, math_up_to, math_only", ATTENTION_CASES,
+                         ids=[f"{d}-{p}-{w}-upto{u}" for d, p, w, u, _ in ATTENTION_CASES])
+def test_training_attention_picks_the_math_backend_for_short_bf16_cpu_batches(device, precision, width, math_up_to,
+                                                                              math_only):
+    before = _cur_sdpa_kernel_backends()
+    with training_attention(Compute(device=device, precision=precision), width, math_up_to):
+        inside = _cur_sdpa_kernel_backends()
+    assert (inside == [SDPBackend.MATH]) == math_only
+    assert _cur_sdpa_kernel_backends() == before  # a process-wide setting: given back after the step
+
+
+@pytest.mark.skipif(not cpu_bf16(), reason="this CPU has no native bf16")
+def test_bf16_cpu_training_steps_use_math_attention_and_evaluation_does_not(tiny_bases, splits, tmp_path):
+    seen = []  # (training?, backends) at each forward of the model
+
+    class WatchForwards(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.register_forward_pre_hook(lambda m, _: seen.append((m.training, _cur_sdpa_kernel_backends())))
+
+    spec = tiny_bases[TINY_ENCODER]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(BASE_MODELS, TINY_ENCODER, replace(spec, cpu_bf16_math_attention_up_to=MAX_LENGTH))
+        inputs = _inputs(TINY_ENCODER, "bf16").model_copy(update={"compute": Compute(device="cpu", precision="bf16")})
+        train_adapter(splits[CASES[1].domain], inputs, tmp_path, callbacks=[WatchForwards()])
+    training = [backends for is_training, backends in seen if is_training]
+    evaluation = [backends for is_training, backends in seen if not is_training]
+    assert len(training) == 3 and all(b == [SDPBackend.MATH] for b in training)  # train.max_steps=3
+    assert evaluation and all(b != [SDPBackend.MATH] for b in evaluation)  # torch's own choice
 
 
 def _devices_with_bf16() -> list:

@@ -66,6 +66,18 @@ def autocast(compute: Compute) -> contextlib.AbstractContextManager:
     return torch.autocast(compute.device, dtype=torch.bfloat16)
 
 
+def training_attention(compute: Compute, width: int, math_up_to: int) -> contextlib.AbstractContextManager:
+    """SDPA's math backend (attention as plain matrix products) for a bf16 training batch on a CPU that is at
+    most ``math_up_to`` tokens wide (``BaseModelSpec.cpu_bf16_math_attention_up_to``), else torch's own choice.
+    Torch's fused CPU attention kernel is fast in fp32 and for long sequences, but its bf16 backward on short
+    ones took over half of a MiniLM step at 48 tokens. The backend is a process-wide torch setting: training
+    holds it for one step at a time, in its own process in the pipeline."""
+    if compute.device != "cpu" or compute.precision != "bf16" or width > math_up_to:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 

@@ -32,6 +32,7 @@ from lora_pipeline.models import ModelKind, kind_of
 from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model,
                                            count_parameters, save_adapter)
 from lora_pipeline.models.bases import base_model_path, check_lengths, get_spec, load_tokenizer
+from lora_pipeline.models.compute import training_attention
 from lora_pipeline.models.text_length import ChosenLength, choose_max_length
 from lora_pipeline.ops.compute_slots import MODEL_WORK, TRAINING
 from lora_pipeline.ops.console import log_details_to
@@ -91,6 +92,19 @@ class ProgressLine(TrainerCallback):
 
 
 MAX_EPOCHS_FOR_MIN_STEPS = 10  # train.min_steps never makes a tiny domain loop over its rows more often
+
+
+class _Trainer(Trainer):
+    """The HF Trainer, each training step's attention kernel chosen by its batch's width
+    (:func:`~lora_pipeline.models.compute.training_attention`); evaluation keeps torch's own choice."""
+
+    def __init__(self, *args, attention_for_width, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._attention_for_width = attention_for_width
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        with self._attention_for_width(inputs["input_ids"].shape[-1]):
+            return super().training_step(model, inputs, *args, **kwargs)
 
 
 def _schedule(n_train: int, train: TrainConfig) -> tuple[int, int]:
@@ -224,11 +238,13 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
         dataloader_num_workers=0,
         remove_unused_columns=False,  # the kind's examples hold exactly what the model takes
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-                      compute_metrics=kind.compute_metrics(splits.labels),
-                      callbacks=[*checkpoint_callbacks(kind, train, total_steps, len(val_ds)),
-                                 ProgressLine(splits.domain), *callbacks],
-                      compute_loss_func=kind.loss_function(class_weights, tokenizer, splits.labels))
+    math_up_to = get_spec(inputs.base.name).cpu_bf16_math_attention_up_to
+    trainer = _Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+                       compute_metrics=kind.compute_metrics(splits.labels),
+                       callbacks=[*checkpoint_callbacks(kind, train, total_steps, len(val_ds)),
+                                  ProgressLine(splits.domain), *callbacks],
+                       compute_loss_func=kind.loss_function(class_weights, tokenizer, splits.labels),
+                       attention_for_width=lambda width: training_attention(compute, width, math_up_to))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict
     started = time.perf_counter()
     trainer.train()
