@@ -11,7 +11,8 @@ sequences, but its bf16 backward is slow on short ones. Training therefore runs 
   fused kernel and with the math backend, and fp32 for reference, interleaved round by round;
 - ``train``: each domain of the named built-in datasets trained by ``train_adapter`` with each kernel rule, in
   this process, one after the other: train seconds and test macro-F1 (the quality the speed-up costs, if any).
-The chosen precision must be bf16 (a CPU with avx512_bf16 or AMX); elsewhere the rule does nothing.
+The chosen precision must be bf16 on a CPU (avx512_bf16 or AMX); elsewhere the rule does nothing, and this
+refuses to run. In ``train``, each pair trains the default rule first (it carries any first-run warm-up).
 """
 
 from __future__ import annotations
@@ -106,9 +107,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = load_config(overrides=args.overrides)
     apply_runtime_env(cfg)
+    compute = compute_for(cfg.runtime)
+    if (compute.device, compute.precision) != ("cpu", "bf16"):
+        raise SystemExit(f"bench_attention measures bf16 training on a CPU; this run would be {compute}")
     out = {"benchmark": "bf16 CPU training: fused attention kernel vs math backend (benchmarks.bench_attention)",
            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-           "chosen_precision": compute_for(cfg.runtime).precision, "overrides": args.overrides,
+           "chosen_precision": compute.precision, "overrides": args.overrides,
            "steps": step_times([int(w) for w in args.widths.split(",") if w and int(w)], args.rounds, args.steps,
                                args.overrides),
            "train": train_both([d for d in args.train.split(",") if d], args.overrides)}

@@ -116,7 +116,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
 
     from lora_pipeline.models import kind_of
     from lora_pipeline.models.adapters import build_lora_model, count_parameters
-    from lora_pipeline.models.bases import get_spec, load_tokenizer
+    from lora_pipeline.models.bases import check_lengths, get_spec, load_tokenizer
     from lora_pipeline.models.compute import autocast, compute_for, training_attention
     from lora_pipeline.training.trainer import resolve_max_length
 
@@ -129,6 +129,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     tokenizer = load_tokenizer(cfg.base.name, cfg.base.cache_dir)
     # 'auto': what training chooses for this data. A fixed base.max_length is the width asked for: training
     # would stop at the longest train text (amazon's, under 256 tokens), a benchmark of that width must not.
+    check_lengths(cfg.base)
     max_length = (cfg.base.max_length if isinstance(cfg.base.max_length, int)
                   else resolve_max_length(tokenizer, splits, cfg.base).max_length)
     batch = tokenizer(train["text"].tolist(), truncation=True, max_length=max_length,

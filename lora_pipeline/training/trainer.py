@@ -9,6 +9,7 @@ comparison point, never registered.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -103,7 +104,8 @@ class _Trainer(Trainer):
         self._attention_for_width = attention_for_width
 
     def training_step(self, model, inputs, *args, **kwargs):
-        with self._attention_for_width(inputs["input_ids"].shape[-1]):
+        ids = inputs.get("input_ids")
+        with self._attention_for_width(ids.shape[-1]) if ids is not None else contextlib.nullcontext():
             return super().training_step(model, inputs, *args, **kwargs)
 
 
