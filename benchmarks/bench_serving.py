@@ -222,6 +222,7 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
     import torch
 
     from lora_pipeline.models.adapters import load_adapter
+    from lora_pipeline.models.compute import store_for_autocast
     from lora_pipeline.serving.service import ChampionService
 
     service = ChampionService(cfg)
@@ -237,7 +238,8 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
 
     first = service.served[domains[0]]
     merged = load_adapter(service.fetch_adapter(first.model_name, first.version), compute=service.compute)
-    merged_model = merged.model.merge_and_unload().eval()
+    # Stored as the pool stores its base (bf16 Linear weights under bf16): the ceiling gets the same saving.
+    merged_model = store_for_autocast(merged.model.merge_and_unload().eval(), service.compute)
     modes = {"mixed": mixed_batch(service), "mixed_peft_loop": peft_loop_batch(service),
              "switching": switching_batch(service),
              "merged": merged_batch(merged_model, merged.tokenizer, merged.meta.max_length, service.compute)}

@@ -39,6 +39,7 @@ from lora_pipeline.models.prompting import IGNORE
 from lora_pipeline.provenance import training_inputs
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 from lora_pipeline.serving.batching import MicroBatcher
+from lora_pipeline.serving.stacked_lora import StackedLoraLinear
 from lora_pipeline.training import trainer as trainer_module
 from lora_pipeline.training.trainer import train_adapter
 from tests.tiny_models import (TINY_CAUSAL, TINY_ENCODER, TINY_SENTENCE_ENCODER, build_tiny_causal, build_tiny_encoder,
@@ -419,6 +420,27 @@ def test_bf16_pool_on_each_device_answers_as_each_adapter_alone(kind_name, base,
         alone = load_adapter(path, compute=compute).predict_proba(TEXTS)
         got = np.stack([p for r, p in zip(requests, mixed) if r.adapter == d])
         np.testing.assert_allclose(got, alone, atol=0.02)  # bf16: other padding, other rounding
+
+
+@pytest.mark.skipif(not cpu_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.parametrize("kind_name, base, domains", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_bf16_pool_stores_linear_weights_in_bf16_and_answers_bit_for_bit_as_fp32_weights(kind_name, base, domains,
+                                                                                        tiny_bases, tmp_path):
+    pool = AdapterPool(base, LoraSettings(), max_labels=8, compute=Compute(device="cpu", precision="bf16"))
+    for seed, d in enumerate(domains, 1):
+        pool.add(d, _random_adapter(tmp_path, base, d, seed))
+    adapted = [m.base_layer for m in pool.model.modules() if isinstance(m, StackedLoraLinear)]
+    assert adapted and {m.weight.dtype for m in adapted} == {torch.bfloat16}  # cast once, not in every forward
+    embeddings = [m.weight for m in pool.model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert {w.dtype for w in embeddings} == {torch.float32}  # and a head tied to them too (the causal LM's)
+    requests = [PoolRequest(d, text) for text in TEXTS for d in domains]
+    stored_bf16 = pool.predict_proba(requests, batch_size=len(requests))
+
+    for p in pool.model.parameters():  # the same pool with fp32 weights: autocast casts them in each forward
+        p.data = p.data.float()
+    fp32_weights = pool.predict_proba(requests, batch_size=len(requests))
+    for got, expected in zip(stored_bf16, fp32_weights):
+        np.testing.assert_array_equal(got, expected)
 
 
 # --- 6. MicroBatcher ------------------------------------------------------------------------------

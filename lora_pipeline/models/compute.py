@@ -80,6 +80,23 @@ def training_attention(compute: Compute, width: int, math_up_to: int) -> context
     return sdpa_kernel(SDPBackend.MATH)
 
 
+def store_for_autocast(model: torch.nn.Module, compute: Compute) -> torch.nn.Module:
+    """A frozen model that only predicts under bf16 autocast keeps its Linear weights and biases in bf16.
+    Autocast runs every Linear in bf16 anyway, and it re-casts frozen fp32 weights in every forward (its
+    cache holds only weights that require grad): the outputs are bit-identical, with one cast instead of
+    one per forward (the serving pool: 8-11 % more texts/s, 2026-12-06, README Serving). Weights tied to an
+    embedding (a causal LM's head) stay fp32, as does everything else (embeddings, norms)."""
+    if compute.precision != "bf16":
+        return model
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in tied:
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(torch.bfloat16)
+    return model
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 

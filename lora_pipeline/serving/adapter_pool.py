@@ -24,7 +24,7 @@ from lora_pipeline.errors import AdapterLoadError, ConfigError
 from lora_pipeline.models import kind_named, kind_of
 from lora_pipeline.models.adapters import AdapterMeta, finite_or_raise, lora_settings_for, verify_checksums
 from lora_pipeline.models.bases import get_spec, load_tokenizer
-from lora_pipeline.models.compute import autocast
+from lora_pipeline.models.compute import autocast, store_for_autocast
 from lora_pipeline.models.encoder import HEAD_NAMES
 from lora_pipeline.models.generator import write_texts
 from lora_pipeline.serving.stacked_lora import StackedLoraLinear, restack
@@ -53,7 +53,8 @@ class AdapterPool:
         # Fully-trained modules besides the head; every adapter must train the same ones (see add()).
         self.modules_to_save = sorted(set(lora.modules_to_save) - set(HEAD_NAMES))
         self.tokenizer = load_tokenizer(base_model, cache_dir)
-        base = self.kind.pool_base(get_spec(base_model), max_labels, cache_dir).to(self.compute.device)
+        base = store_for_autocast(self.kind.pool_base(get_spec(base_model), max_labels, cache_dir).to(self.compute.device),
+                                  self.compute)  # every forward of the pool runs under its autocast
         idle = self.kind.lora_config(lora, r=1)
         idle._register_custom_module({torch.nn.Linear: StackedLoraLinear})  # the adapted Linears, for every adapter
         self.model: PeftModel = get_peft_model(base, idle, adapter_name=IDLE).eval()
