@@ -84,7 +84,7 @@ def store_for_autocast(model: torch.nn.Module, compute: Compute) -> torch.nn.Mod
     """A frozen model that only predicts under bf16 autocast keeps its Linear weights and biases in bf16.
     Autocast runs every Linear in bf16 anyway, and it re-casts frozen fp32 weights in every forward (its
     cache holds only weights that require grad): the outputs are bit-identical, with one cast instead of
-    one per forward (the serving pool: 8-11 % more texts/s, 2026-12-06, README Serving). Weights tied to an
+    one per forward (the serving pool: 0.87-0.92x the time, 2026-12-06, README Serving). Weights tied to an
     embedding (a causal LM's head) stay fp32, as does everything else (embeddings, norms)."""
     if compute.precision != "bf16":
         return model
