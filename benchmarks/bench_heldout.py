@@ -78,6 +78,7 @@ def collect_domains(client, versions: list[tuple[str, str, str, str]]) -> dict[s
             "n_test": int(m["n_test"]), "train_seconds": m["train_seconds"], "epochs_run": m["epochs_run"],
             "latency_p50_ms": m["latency_p50_ms"], "base_model": version.tags.get("base_model", ""),
             "class_weighted": bool(m["class_weighted"]),
+            "tfidf_C": m.get("tfidf_C"),  # what the validation split picked (absent before 2026-12-06: C=1)
             "alias": alias, "reason": version.tags.get("promotion_reason", ""),
         }
     return domains
@@ -104,8 +105,9 @@ def markdown(result: dict) -> str:
             f1 = r["macro_f1"]
             fewshot = f"{f1['fewshot']:.3f}" if "fewshot" in f1 else "-"
             latency = f"{r['latency_p50_ms']:.0f}" if "latency_p50_ms" in r else "-"  # results before 2026-12-04 lack it
+            tfidf_c = f" (C {r['tfidf_C']:g})" if r.get("tfidf_C") else ""
             lines.append(f"| {name} | {dom} | {len(r['labels'])} | **{f1['adapter']:.3f}** | {f1['base']:.3f} | "
-                         f"{fewshot} | {f1['tfidf']:.3f} | {r['error_ratio_vs_tfidf']:.2f} | {r['accuracy']['adapter']:.3f} | "
+                         f"{fewshot} | {f1['tfidf']:.3f}{tfidf_c} | {r['error_ratio_vs_tfidf']:.2f} | {r['accuracy']['adapter']:.3f} | "
                          f"{r['max_length']} ({r['truncated_share']:.0%}) | {r['train_rows']}/{r['train_rows_available']} | "
                          f"{r['train_seconds']:.0f} | {r['epochs_run']:g} | {latency} | {r['alias']} |")
         if res["failure"]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError, model_validator
 
 from lora_pipeline.errors import ConfigError
 
@@ -204,6 +204,13 @@ class EvalConfig(_Section):
     label_template: str = Field(
         "This text is about {label}.", description="Zero-shot description of a label with none configured; {label} is "
         "the label in words (snake_case / camelCase / kebab-case split).")
+    tfidf_c_grid: list[PositiveFloat] = Field(
+        [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0], min_length=1, description="Inverse regularisation strengths the "
+        "TF-IDF + logistic regression baseline tries; the one with the best validation macro-F1 is scored on test. "
+        "[1.0]: scikit-learn's untuned default.")
+    tfidf_class_weight: Literal["balanced", "none"] = Field(
+        "balanced", description="The TF-IDF baseline's class weights: 'balanced' (inverse class frequency, as the "
+        "adapter's loss on an imbalanced domain) or 'none' (scikit-learn's default).")
 
 
 class GenerativeConfig(_Section):

@@ -1,5 +1,5 @@
 """Evaluate one domain on its test split: the adapter, the kind's baselines (zero-shot base, few-shot...)
-and a TF-IDF baseline.
+and the classical TF-IDF baseline (``classical.py``).
 
 Plus efficiency: latency p50/p95 at batch 1 and throughput at the evaluation batch size, both measured
 on the saved adapter reloaded from disk (the artifact that gets registered).
@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 
 from lora_pipeline.config import EvaluationInputs
 from lora_pipeline.data.prepare import DomainSplits
+from lora_pipeline.evaluation.classical import fit_tfidf
 from lora_pipeline.evaluation.metrics import classification_metrics, plot_confusion_matrix
 from lora_pipeline.models.adapters import load_adapter
 from lora_pipeline.models.compute import autocast
@@ -41,15 +39,6 @@ class DomainEvaluation:
     metric: str = "macro_f1"  # the task's own metric (generation: rougeL); promotion.metric may pick another
     classical: str = "tfidf"  # the classical baseline the adapter must not lose to (generation: lead)
     efficiency: dict[str, float] = field(default_factory=dict)  # task-specific figures (generation: ms_per_token...)
-
-
-def predict_tfidf(train: pd.DataFrame, texts: list[str]) -> list[str]:
-    """Classical baseline trained on the same train split as the adapter."""
-    model = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(max_iter=2000)
-    )
-    model.fit(train["text"], train["label"])
-    return model.predict(texts).tolist()
 
 
 @takes_turns(EVALUATION)  # small CPU machines: not beside a training (ops/compute_slots.py)
@@ -75,7 +64,8 @@ def evaluate_domain(splits: DomainSplits, adapter_dir: str | Path, inputs: Evalu
     train = splits.read("train")
     with autocast(inputs.compute):  # the base is scored in the adapter's precision
         baselines = adapter.kind.baseline_predictions(adapter, texts, labels, train, inputs)
-    predictions = {"adapter": adapter_pred, **baselines, "tfidf": predict_tfidf(train, texts)}
+    tfidf = fit_tfidf(train, splits.read("val"), inputs.eval)
+    predictions = {"adapter": adapter_pred, **baselines, "tfidf": tfidf.predict(texts).tolist()}
     metrics = {name: classification_metrics(truth, pred, labels) for name, pred in predictions.items()}
 
     result = DomainEvaluation(
@@ -89,6 +79,7 @@ def evaluate_domain(splits: DomainSplits, adapter_dir: str | Path, inputs: Evalu
         artifacts_dir=str(out_dir),
         precision=inputs.compute.precision,
         device=inputs.compute.device,
+        efficiency={"tfidf_C": float(tfidf.named_steps["logreg"].C)},  # what the validation split picked
     )
     (out_dir / "evaluation.json").write_text(json.dumps(asdict(result), indent=2))
     pd.DataFrame({"text": texts, "label": truth, **{f"{k}_pred": v for k, v in predictions.items()}}).to_json(
