@@ -197,7 +197,9 @@ def log_and_register(cfg: PipelineConfig, parent_run_id: str, prepared: Prepared
         aliases = schema.aliases_by_version(client.get_registered_model(name)).get(str(existing.version), [])
         return RegisteredAdapter(domain=splits.domain, model_name=name, version=str(existing.version),
                                  run_id=existing.run_id, alias=",".join(aliases),
-                                 reason=f"unchanged: same data, config and code as v{existing.version}", is_new=False,
+                                 reason=f"unchanged: the same adapter (data, training config and code) as v"
+                                        f"{existing.version} (runtime.refresh_cache=true trains, evaluates, gates anew)",
+                                 is_new=False,
                                  metric=existing.tags.get(schema.PROMOTION_METRIC) or PROMOTION_METRICS[cfg.task][0])
     provenance = {
         schema.DOMAIN: splits.domain,

@@ -147,6 +147,8 @@ def _flat_params(cfg: PipelineConfig) -> dict[str, object]:
     sections = cfg.model_dump(mode="json", include={"base", "lora", "train", "split", "promotion"}
                               | ({"generation"} if cfg.task == "generate" else set()))
     flat = {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
+    if cfg.task == "classify":  # what the classical baseline the gate compared against was allowed to tune
+        flat.update({f"eval.{key}": getattr(cfg.eval, key) for key in ("tfidf_c_grid", "tfidf_class_weight")})
     return {"task": cfg.task, **flat}
 
 
