@@ -9,7 +9,7 @@ macro-F1 and fitting seconds of four variants, all from ``lora_pipeline.evaluati
 - ``balanced``: class-balanced, C=1;
 - ``balanced_c_val`` (the default): class-balanced, C from ``eval.tfidf_c_grid`` picked on the validation split;
 - ``balanced_c_cv``: class-balanced, C picked by 5-fold cross-validation on the train split (same grid).
-Written to ``benchmarks/results/classical.json``. No training of adapters: ~5 min on 2 CPU cores.
+Written to ``benchmarks/results/classical.json``. No training of adapters: ~15 min on 2 CPU cores.
 """
 
 from __future__ import annotations

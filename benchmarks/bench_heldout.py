@@ -106,8 +106,10 @@ def markdown(result: dict) -> str:
             fewshot = f"{f1['fewshot']:.3f}" if "fewshot" in f1 else "-"
             latency = f"{r['latency_p50_ms']:.0f}" if "latency_p50_ms" in r else "-"  # results before 2026-12-04 lack it
             tfidf_c = f" (C {r['tfidf_C']:g})" if r.get("tfidf_C") else ""
-            lines.append(f"| {name} | {dom} | {len(r['labels'])} | **{f1['adapter']:.3f}** | {f1['base']:.3f} | "
-                         f"{fewshot} | {f1['tfidf']:.3f}{tfidf_c} | {r['error_ratio_vs_tfidf']:.2f} | {r['accuracy']['adapter']:.3f} | "
+            best = max(f1[m] for m in ("adapter", "base", "tfidf", "fewshot") if m in f1)
+            adapter, tfidf = (f"**{f1[m]:.3f}**" if f1[m] == best else f"{f1[m]:.3f}" for m in ("adapter", "tfidf"))
+            lines.append(f"| {name} | {dom} | {len(r['labels'])} | {adapter} | {f1['base']:.3f} | "
+                         f"{fewshot} | {tfidf}{tfidf_c} | {r['error_ratio_vs_tfidf']:.2f} | {r['accuracy']['adapter']:.3f} | "
                          f"{r['max_length']} ({r['truncated_share']:.0%}) | {r['train_rows']}/{r['train_rows_available']} | "
                          f"{r['train_seconds']:.0f} | {r['epochs_run']:g} | {latency} | {r['alias']} |")
         if res["failure"]:
