@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     # fp32 against the precision runtime.precision chooses here, each in its own fresh project.
     chosen = compute_for(cfg.runtime)
     precisions = list(dict.fromkeys(["fp32", chosen.precision]))
-    prepared = prepare_data(cfg.data.path, cfg.data, cfg.split, project / "prepared")  # the runs' splits (deterministic)
+    # the runs' splits (deterministic)
+    prepared = prepare_data(cfg.data.path, cfg.data, cfg.split, project / "prepared", base=cfg.base)
     by_precision = {p: measure_precision(_config(args, project / p, p), prepared, args, project / "step")
                     for p in precisions}
     matmul = {p: matmul_flops_per_s(args.matmul_size, dtype=p, device=chosen.device) for p in precisions}

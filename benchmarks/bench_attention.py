@@ -38,7 +38,8 @@ def step_times(widths: list[int], rounds: int, steps: int, overrides: list[str])
 
     cfg = load_config(overrides=[*overrides, "data.domains=[amazon]"])
     work = REPO_ROOT / "benchmarks" / ".work" / "attention"
-    splits = prepare_data(resolve_data_path(cfg.data.path, REPO_ROOT), cfg.data, cfg.split, work).domains["amazon"]
+    splits = prepare_data(resolve_data_path(cfg.data.path, REPO_ROOT), cfg.data, cfg.split, work,
+                          base=cfg.base).domains["amazon"]
     variants = {f"bf16 {name}": ("bf16", up_to) for name, up_to in KERNELS.items()} | {"fp32": ("fp32", 0)}
     out = {}
     for width in widths:
@@ -73,7 +74,7 @@ def train_both(datasets: list[str], overrides: list[str]) -> dict:
         work = REPO_ROOT / "benchmarks" / ".work" / "attention" / dataset
         spec = BASE_MODELS[cfg.base.name]
         rules = {"math up to the base's width (default)": spec.cpu_bf16_math_attention_up_to, "fused always": 0}
-        for domain, splits in sorted(prepare_data(data, cfg.data, cfg.split, work).domains.items()):
+        for domain, splits in sorted(prepare_data(data, cfg.data, cfg.split, work, base=cfg.base).domains.items()):
             test = splits.read("test")
             for rule, up_to in rules.items():
                 BASE_MODELS[cfg.base.name] = dataclasses.replace(spec, cpu_bf16_math_attention_up_to=up_to)

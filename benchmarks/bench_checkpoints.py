@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     stem = args.data.stem
     work = REPO_ROOT / "benchmarks" / ".work" / f"checkpoints-{stem}"
-    prepared = prepare_data(args.data, cfg.data, cfg.split, work / "data")
+    prepared = prepare_data(args.data, cfg.data, cfg.split, work / "data", base=cfg.base)
     domain = args.domain or sorted(prepared.domains)[0]
     splits = prepared.domains[domain]
     test = splits.read("test")

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(values={"data.path": str(data)})
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)  # 5-fold CV: a rare label missing from a fold
-            prepared = prepare_data(data, cfg.data, cfg.split, tmp)
+            prepared = prepare_data(data, cfg.data, cfg.split, tmp, base=cfg.base)
             for domain, splits in prepared.domains.items():
                 row = {"dataset": name, "domain": domain, "labels": len(splits.labels),
                        **compare_domain(splits.read("train"), splits.read("val"), splits.read("test"), splits.labels)}

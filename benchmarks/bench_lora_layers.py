@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     from lora_pipeline.data.prepare import prepare_data
 
     work = REPO_ROOT / "benchmarks" / ".work" / "lora-layers"
-    splits = prepare_data(resolve_data_path(base.data.path, REPO_ROOT), base.data, base.split, work).domains["amazon"]
+    splits = prepare_data(resolve_data_path(base.data.path, REPO_ROOT), base.data, base.split, work,
+                          base=base.base).domains["amazon"]
     results = {}
     for length in [int(x) for x in args.lengths.split(",")]:
         seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}

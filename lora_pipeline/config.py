@@ -111,12 +111,25 @@ class SplitConfig(_Section):
                       "subsampling.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of each domain held out for validation.")
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of each domain held out for test.")
-    max_train_rows: int = Field(0, ge=0, description="Stratified cap on train rows per domain; 0 = no cap.")
+    max_train_rows: int | Literal["auto"] = Field(
+        0, description="Stratified cap on train rows per domain; 0 = no cap. 'auto' = split.auto_train_rows, or more "
+        "for short texts: as many as fit split.auto_train_tokens at the length the base will read them with.")
+    auto_train_rows: int = Field(800, ge=1, description="max_train_rows auto: the rows a domain of long texts trains on.")
+    auto_train_tokens: int = Field(
+        102_400, ge=0, description="max_train_rows auto: a domain of short texts trains on up to this many tokens "
+        "(rows x its chosen length; 800 x 128), so 48-token snippets get 2,133 rows at about the cost of 800 "
+        "128-token texts. 0 = auto_train_rows always.")
     max_val_rows: int = Field(0, ge=0, description="Stratified cap on validation rows per domain; 0 = no cap.")
     max_test_rows: int = Field(0, ge=0, description="Stratified cap on test rows per domain; 0 = no cap.")
     min_rows_per_domain: int = Field(
         30, ge=3, description="A domain with fewer usable rows is an input error (nothing is trained)."
     )
+
+    @model_validator(mode="after")
+    def _rows_are_sane(self) -> SplitConfig:
+        if isinstance(self.max_train_rows, int) and self.max_train_rows < 0:
+            raise ValueError("split.max_train_rows must be 'auto' or a row count >= 0 (0 = no cap)")
+        return self
 
 
 class BaseModelConfig(_Section):

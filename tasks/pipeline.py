@@ -68,7 +68,7 @@ def check_tracking_store_task(cfg: PipelineConfig) -> None:
 def prepare_data_task(cfg: PipelineConfig) -> PreparedData:
     path = resolve_data_path(cfg.data.path, cfg.project_dir)
     prepared = prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared", max_labels=cfg.api.max_labels,
-                            task=cfg.task)
+                            task=cfg.task, base=cfg.base)
     asked = cfg.data.name or path.stem
     if prepared.dataset != asked:
         print(f"note: dataset name '{asked}' is registered as '{prepared.dataset}' (MLflow-safe characters only)")

@@ -10,7 +10,7 @@ def test_defaults_record_demo_sizes():
     cfg = load_config(env={})
     assert cfg.data.name is None and cfg.dataset_name == "vader"  # the built-in set
     assert cfg.base.name == "all-minilm-l6-v2"
-    assert cfg.split.max_train_rows > 0 and cfg.train.epochs > 0 and cfg.base.max_length == "auto"
+    assert cfg.split.max_train_rows == "auto" and cfg.train.epochs > 0 and cfg.base.max_length == "auto"
     from lora_pipeline.models.adapters import lora_settings_for
 
     # null = the base's defaults; MiniLM's must train and save the new head, else it reloads random

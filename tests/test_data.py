@@ -124,6 +124,48 @@ def test_caps_keep_every_label_and_empty_texts_are_dropped(tmp_path):
     assert set(a.read("train")["label"]) == {"neg", "pos"}
 
 
+@pytest.mark.parametrize(
+    "max_rows, texts, length, expected",
+    [
+        (300, 1000, 16, 300),       # a number is exactly that cap, whatever the length
+        (0, 1000, 16, 0),           # 0 = no cap
+        ("auto", 1000, 256, 100),   # long texts: auto_train_rows
+        ("auto", 1000, 128, 100),   # at the budget's own length: the same
+        ("auto", 1000, 64, 200),    # half as long: twice the rows, the same tokens
+        ("auto", 1000, 48, 266),    # 12,800 // 48
+        ("auto", 80, 16, 100),      # fewer texts than auto_train_rows: nothing to measure
+    ],
+)
+def test_auto_train_rows_follow_the_token_budget(max_rows, texts, length, expected):
+    from lora_pipeline.config import SplitConfig
+    from lora_pipeline.data.prepare import train_rows_cap
+
+    measured = []
+    cfg = SplitConfig(max_train_rows=max_rows, auto_train_rows=100, auto_train_tokens=100 * 128)
+    cap = train_rows_cap(cfg, pd.Series([f"text {i}" for i in range(texts)]),
+                         lambda sample: measured.append(len(sample)) or length)
+    assert cap == expected
+    assert measured == ([min(texts, 2000)] if max_rows == "auto" and texts > 100 else [])
+
+
+def test_auto_train_rows_give_short_texts_more_rows_at_the_bases_length(tmp_path):
+    """With the real MiniLM tokenizer: 5-word texts are read at its minimum length, 16 tokens, so 'auto'
+    takes auto_train_tokens // 16 rows; without a base it is auto_train_rows."""
+    from lora_pipeline.config import BaseModelConfig
+
+    df = _table(n_per_label=200, domains=("a",))
+    path = tmp_path / "short.csv"
+    df.to_csv(path, index=False)
+    cfg = load_config(overrides=["split.auto_train_rows=40", "split.auto_train_tokens=1600"], env={})
+    assert cfg.split.max_train_rows == "auto"
+    with_base = prepare_data(path, cfg.data, cfg.split, tmp_path / "out", base=BaseModelConfig())
+    without = prepare_data(path, cfg.data, cfg.split, tmp_path / "out2")
+    assert with_base.domains["a"].counts["train"] == 1600 // 16 == 100
+    assert without.domains["a"].counts["train"] == 40
+    assert set(with_base.domains["a"].read("train")["label"]) == {"neg", "pos"}
+    assert with_base.fingerprint != without.fingerprint  # the rows depend on the base
+
+
 def test_fingerprints_track_data_and_config(tmp_path):
     df = _table()
     first = _prepare(tmp_path, df)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from lora_pipeline.config import DataConfig, SplitConfig, domain_dirname, safe_name, sha256_json
+from lora_pipeline.config import BaseModelConfig, DataConfig, SplitConfig, domain_dirname, safe_name, sha256_json
 from lora_pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -23,6 +24,7 @@ DEFAULT_DOMAIN_COL, SINGLE_DOMAIN = "domain", "all"  # data.domain_col null: thi
 DEFAULT_SPLIT_COL = "split"  # data.split_col null: this column when the file has it, else a random split
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "testing": "test"}  # a split column's values (case-insensitive)
+LENGTH_SAMPLE = 2000  # train texts whose token lengths set max_train_rows 'auto' (a percentile: a sample will do)
 MAX_DOMAIN_CHARS = 100  # a domain names a registered model (with the dataset and base) and a directory
 
 
@@ -209,10 +211,24 @@ def _random_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str)
     return {"train": train, "val": val, "test": test}
 
 
-def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
-                 source: str) -> tuple[dict[str, pd.DataFrame], int, dict[str, int]]:
+def train_rows_cap(cfg: SplitConfig, texts: pd.Series, length_of: Callable[[list[str]], int] | None) -> int:
+    """split.max_train_rows, or for 'auto': split.auto_train_rows, raised for short texts to as many rows as
+    fit split.auto_train_tokens at ``length_of(texts)`` tokens each (the length the base will read them with,
+    measured on at most LENGTH_SAMPLE of them)."""
+    if cfg.max_train_rows != "auto":
+        return cfg.max_train_rows
+    if not cfg.auto_train_tokens or length_of is None or len(texts) <= cfg.auto_train_rows:
+        return cfg.auto_train_rows
+    sample = texts if len(texts) <= LENGTH_SAMPLE else texts.sample(n=LENGTH_SAMPLE, random_state=cfg.seed)
+    return max(cfg.auto_train_rows, cfg.auto_train_tokens // length_of(sample.tolist()))
+
+
+def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str,
+                 length_of: Callable[[list[str]], int] | None = None
+                 ) -> tuple[dict[str, pd.DataFrame], int, dict[str, int]]:
     """The data's own train/val/test (a split column) or a stratified random split; texts seen in an earlier
-    split are removed from later ones.
+    split are removed from later ones. ``length_of``: the token length the base will read a list of train
+    texts with (max_train_rows 'auto'; None = split.auto_train_rows).
     Returns (capped splits, leaked rows removed, rows per split before the caps)."""
     if len(df) < cfg.min_rows_per_domain:
         raise DataError(
@@ -233,7 +249,8 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig,
         parts[name] = parts[name][~leak]
         seen.update(keys[~leak])
     available = {name: len(part) for name, part in parts.items()}
-    caps = {"train": cfg.max_train_rows, "val": cfg.max_val_rows, "test": cfg.max_test_rows}
+    caps = {"train": train_rows_cap(cfg, parts["train"]["text"], length_of), "val": cfg.max_val_rows,
+            "test": cfg.max_test_rows}
     parts = {name: _cap(part, caps[name], cfg.seed).sort_index() for name, part in parts.items()}
     for name, part in parts.items() if counts is not None else ():
         if part["label"].nunique() < 2:
@@ -250,13 +267,33 @@ def _fingerprint_rows(parts: dict[str, pd.DataFrame]) -> str:
     return sha256_json(payload)
 
 
+def _token_length_of(base: BaseModelConfig | None, task: str) -> Callable[[list[str]], int] | None:
+    """The length ``base`` will read a domain's train texts with (classification; the tokenizer loads on first
+    use, only when a domain has more rows than split.auto_train_rows)."""
+    if base is None or task != "classify":
+        return None
+    from lora_pipeline.models.bases import load_tokenizer  # the data layer needs the base only for this
+    from lora_pipeline.models.text_length import length_for
+
+    tokenizer = []
+
+    def length_of(texts: list[str]) -> int:
+        if not tokenizer:
+            tokenizer.append(load_tokenizer(base.name, base.cache_dir))
+        return length_for(tokenizer[0], texts, base).max_length
+
+    return length_of
+
+
 def prepare_data(
     path: str | Path, data_cfg: DataConfig, split_cfg: SplitConfig, out_dir: str | Path, max_labels: int | None = None,
-    task: str = "classify",
+    task: str = "classify", base: BaseModelConfig | None = None,
 ) -> PreparedData:
     """Load, validate and split ``path``; write each domain's splits as JSONL under ``out_dir``.
     ``max_labels``: a domain with more labels is an input error (the server could not hold its head).
-    ``task``: classify (text, label) or generate (text, target: no labels, unstratified splits)."""
+    ``task``: classify (text, label) or generate (text, target: no labels, unstratified splits).
+    ``base``: the base the splits are for (split.max_train_rows 'auto' gives short texts more rows; without
+    it, 'auto' is split.auto_train_rows)."""
     path = Path(path)
     source = str(path)
     table, dropped = validate_table(load_table(path), data_cfg, source, task)
@@ -266,8 +303,10 @@ def prepare_data(
         raise DataError(f"{source}: unknown domain(s) {', '.join(unknown)} (available: {', '.join(present)})")
     chosen = data_cfg.domains or present
 
+    length_of = _token_length_of(base, task) if split_cfg.max_train_rows == "auto" else None
     config_hash = sha256_json([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")]
-                              + ([task] if task != "classify" else []))  # classification's hashes stay as they were
+                              + ([task] if task != "classify" else [])  # classification's hashes stay as they were
+                              + ([base.model_dump(mode="json", exclude={"cache_dir"})] if length_of else []))
     fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
 
     split_parts, available, leaks = {}, {}, 0
@@ -277,7 +316,7 @@ def prepare_data(
         if max_labels is not None and labels > max_labels:
             raise DataError(f"{source}: domain '{domain}' has {labels} labels, more than api.max_labels={max_labels} "
                             "(what one server can hold); merge labels with data.label_map or raise api.max_labels")
-        split_parts[domain], removed, available[domain] = split_domain(rows, domain, split_cfg, source)
+        split_parts[domain], removed, available[domain] = split_domain(rows, domain, split_cfg, source, length_of)
         leaks += removed
 
     domains = {}

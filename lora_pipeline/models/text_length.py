@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lora_pipeline.config import BaseModelConfig
+from lora_pipeline.models.bases import check_lengths, get_spec
+
 HEAD_SHARE = 0.25
 MIN_LENGTH = 16
 
@@ -75,3 +78,16 @@ def choose_max_length(tokenizer, texts: list[str], coverage: float, cap: int, lo
     chosen = int(min(cap, max(MIN_LENGTH, wanted)))
     return ChosenLength(max_length=chosen, truncated_share=round(float((lengths > chosen).mean()), 4), cap=cap,
                         p50_tokens=int(np.median(lengths)), p95_tokens=int(np.quantile(lengths, 0.95)))
+
+
+def length_for(tokenizer, texts: list[str], base: BaseModelConfig) -> ChosenLength:
+    """base.max_length, or for 'auto' the length chosen from ``texts`` (a domain's train texts) within the
+    base's budget (``BaseModelSpec.length_budget`` / ``long_text_budget``, or base.max_length_cap)."""
+    check_lengths(base)
+    if base.max_length == "auto":
+        if base.max_length_cap:
+            return choose_max_length(tokenizer, texts, base.length_coverage, base.max_length_cap)
+        spec = get_spec(base.name)
+        return choose_max_length(tokenizer, texts, base.length_coverage, spec.length_budget,
+                                 spec.long_text_budget, base.long_text_share)
+    return choose_max_length(tokenizer, texts, 1.0, base.max_length)  # the fixed length, and what it cuts

@@ -32,9 +32,9 @@ from lora_pipeline.evaluation.metrics import classification_metrics
 from lora_pipeline.models import ModelKind, kind_of
 from lora_pipeline.models.adapters import (AdapterMeta, LoadedAdapter, adapter_size_bytes, build_lora_model,
                                            count_parameters, save_adapter)
-from lora_pipeline.models.bases import base_model_path, check_lengths, get_spec, load_tokenizer
+from lora_pipeline.models.bases import base_model_path, get_spec, load_tokenizer
 from lora_pipeline.models.compute import training_attention
-from lora_pipeline.models.text_length import ChosenLength, choose_max_length
+from lora_pipeline.models.text_length import ChosenLength, length_for
 from lora_pipeline.ops.compute_slots import MODEL_WORK, TRAINING
 from lora_pipeline.ops.console import log_details_to
 from lora_pipeline.ops.isolation import call_in_child_process
@@ -177,15 +177,7 @@ def checkpoint_callbacks(kind: ModelKind, train: TrainConfig, total_steps: int, 
 
 def resolve_max_length(tokenizer, splits: DomainSplits, base: BaseModelConfig) -> ChosenLength:
     """base.max_length, or for 'auto' the length chosen from the domain's train texts (text_length.py)."""
-    check_lengths(base)
-    texts = splits.read("train")["text"].tolist()
-    if base.max_length == "auto":
-        if base.max_length_cap:
-            return choose_max_length(tokenizer, texts, base.length_coverage, base.max_length_cap)
-        spec = get_spec(base.name)
-        return choose_max_length(tokenizer, texts, base.length_coverage, spec.length_budget,
-                                 spec.long_text_budget, base.long_text_share)
-    return choose_max_length(tokenizer, texts, 1.0, base.max_length)  # the fixed length, and what it cuts
+    return length_for(tokenizer, splits.read("train")["text"].tolist(), base)
 
 
 def class_weights_for(splits: DomainSplits, train: TrainConfig) -> list[float] | None:
