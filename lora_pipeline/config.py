@@ -113,12 +113,13 @@ class SplitConfig(_Section):
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of each domain held out for test.")
     max_train_rows: int | Literal["auto"] = Field(
         0, description="Stratified cap on train rows per domain; 0 = no cap. 'auto' = split.auto_train_rows, or more "
-        "for short texts: as many as fit split.auto_train_tokens at the length the base will read them with.")
+        "for short texts: as many as fit split.auto_train_tokens at the length the base will read them with "
+        "(encoder classifiers; a prompted base's rows also carry its prompt, and generation keeps auto_train_rows).")
     auto_train_rows: int = Field(800, ge=1, description="max_train_rows auto: the rows a domain of long texts trains on.")
     auto_train_tokens: int = Field(
         102_400, ge=0, description="max_train_rows auto: a domain of short texts trains on up to this many tokens "
-        "(rows x its chosen length; 800 x 128), so 48-token snippets get 2,133 rows at about the cost of 800 "
-        "128-token texts. 0 = auto_train_rows always.")
+        "(rows x its chosen length, measured on up to 2,000 train texts before the cap; 800 x 128), so 48-token "
+        "snippets get 2,133 rows at about the cost of 800 128-token texts. 0 = auto_train_rows always.")
     max_val_rows: int = Field(0, ge=0, description="Stratified cap on validation rows per domain; 0 = no cap.")
     max_test_rows: int = Field(0, ge=0, description="Stratified cap on test rows per domain; 0 = no cap.")
     min_rows_per_domain: int = Field(
@@ -580,8 +581,13 @@ def load_config(
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        err = errors[0]
         where = ".".join(str(p) for p in err["loc"])
         if not where:  # a rule across sections: its message names the keys
             raise ConfigError(f"config: {err['msg'].removeprefix('Value error, ')}") from None
+        if err["loc"][-1] == "int" and any(e["loc"][-1] == "literal['auto']" for e in errors):
+            # a number-or-'auto' key: pydantic reports one error per alternative, named after the type
+            raise ConfigError(f"config key '{where.removesuffix('.int')}': must be 'auto' or a whole number "
+                              f"(got {err['input']!r})") from None
         raise ConfigError(f"config key '{where}': {err['msg']}") from None

@@ -26,6 +26,8 @@ def test_defaults_record_demo_sizes():
         ("lora.target_modules=[query,key,value]", ("lora", "target_modules"), ["query", "key", "value"]),
         ("data.domains=[amazon]", ("data", "domains"), ["amazon"]),
         ("promotion.min_gain_over_base=0.1", ("promotion", "min_gain_over_base"), 0.1),
+        ("split.max_train_rows=3200", ("split", "max_train_rows"), 3200),  # a number-or-'auto' key
+        ("split.max_train_rows=auto", ("split", "max_train_rows"), "auto"),
     ],
 )
 def test_any_key_overridable(override, path, expected):
@@ -56,6 +58,9 @@ def test_default_tracking_uri_is_project_sqlite(tmp_path):
         ("split.seed=-1", "split.seed"),
         ("promotion.metric=rougeL", "promotion.metric 'rougeL' is not a classify metric (macro_f1, accuracy)"),
         ("promotion.metric=f1", "promotion.metric 'f1' is not a classify metric"),
+        ("split.max_train_rows=atuo", "config key 'split.max_train_rows': must be 'auto' or a whole number (got 'atuo')"),
+        ("base.max_length=atuo", "config key 'base.max_length': must be 'auto' or a whole number"),
+        ("split.max_train_rows=-3", "split.max_train_rows must be 'auto' or a row count >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -164,6 +164,9 @@ def test_auto_train_rows_give_short_texts_more_rows_at_the_bases_length(tmp_path
     assert without.domains["a"].counts["train"] == 40
     assert set(with_base.domains["a"].read("train")["label"]) == {"neg", "pos"}
     assert with_base.fingerprint != without.fingerprint  # the rows depend on the base
+    # A prompted (causal) base's rows also carry its prompt: the budget does not apply, no tokenizer loads.
+    causal = prepare_data(path, cfg.data, cfg.split, tmp_path / "out3", base=BaseModelConfig(name="smollm2-135m"))
+    assert causal.domains["a"].counts["train"] == 40
 
 
 def test_fingerprints_track_data_and_config(tmp_path):

@@ -268,12 +268,18 @@ def _fingerprint_rows(parts: dict[str, pd.DataFrame]) -> str:
 
 
 def _token_length_of(base: BaseModelConfig | None, task: str) -> Callable[[list[str]], int] | None:
-    """The length ``base`` will read a domain's train texts with (classification; the tokenizer loads on first
-    use, only when a domain has more rows than split.auto_train_rows)."""
+    """The length ``base`` will read a domain's train texts with, where that is what a row costs: a classifier
+    that reads the text alone (an encoder). A prompted kind's rows also carry the instruction and the labels,
+    so short texts save less there, and generation rows carry their target: both keep auto_train_rows.
+    The tokenizer loads on first use, only when a domain has more rows than split.auto_train_rows."""
     if base is None or task != "classify":
         return None
-    from lora_pipeline.models.bases import load_tokenizer  # the data layer needs the base only for this
+    from lora_pipeline.models import kind_of  # the data layer needs the base only for this
+    from lora_pipeline.models.bases import load_tokenizer
     from lora_pipeline.models.text_length import length_for
+
+    if kind_of(base.name, task).prompted:
+        return None
 
     tokenizer = []
 
@@ -305,7 +311,7 @@ def prepare_data(
 
     length_of = _token_length_of(base, task) if split_cfg.max_train_rows == "auto" else None
     config_hash = sha256_json([data_cfg.model_dump(mode="json"), split_cfg.model_dump(mode="json")]
-                              + ([task] if task != "classify" else [])  # classification's hashes stay as they were
+                              + ([task] if task != "classify" else [])
                               + ([base.model_dump(mode="json", exclude={"cache_dir"})] if length_of else []))
     fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
 
