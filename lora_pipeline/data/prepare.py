@@ -6,6 +6,7 @@ domain at fault, before anything is trained or registered.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -281,14 +282,8 @@ def _token_length_of(base: BaseModelConfig | None, task: str) -> Callable[[list[
     if kind_of(base.name, task).prompted:
         return None
 
-    tokenizer = []
-
-    def length_of(texts: list[str]) -> int:
-        if not tokenizer:
-            tokenizer.append(load_tokenizer(base.name, base.cache_dir))
-        return length_for(tokenizer[0], texts, base).max_length
-
-    return length_of
+    tokenizer = functools.cache(lambda: load_tokenizer(base.name, base.cache_dir))
+    return lambda texts: length_for(tokenizer(), texts, base).max_length
 
 
 def prepare_data(
