@@ -56,7 +56,7 @@ def compare_domain(train, val, test, labels: list[str]) -> dict:
     started = time.perf_counter()
     vectorizer = model.named_steps["tfidf"]
     search = GridSearchCV(clone(model.named_steps["logreg"]), {"C": sorted(EvalConfig().tfidf_c_grid)},
-                          scoring=macro_f1_scorer(labels), cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                          scoring=macro_f1_scorer(), cv=StratifiedKFold(5, shuffle=True, random_state=0),
                           error_score="raise")
     search.fit(vectorizer.transform(train["text"]), train["label"])
     predicted = search.predict(vectorizer.transform(test["text"]))

@@ -114,7 +114,7 @@ def build_adapters(cfg: PipelineConfig) -> list[dict]:
         if not report.is_completed():
             print(f"warning: the comparison report failed: {report.result(raise_on_failure=False)}")
 
-    rows = summary_rows(results, failures)
+    rows = summary_rows(results, failures, prepared.skipped_domains)
     create_table_artifact(key="retrain-summary", table=rows, description="Adapter vs zero-shot base vs TF-IDF")
     create_markdown_artifact(key="retrain-report", markdown=format_results_table(rows), description="Per-domain results")
     print(format_results_table(rows))

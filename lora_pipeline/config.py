@@ -123,8 +123,15 @@ class SplitConfig(_Section):
     max_val_rows: int = Field(0, ge=0, description="Stratified cap on validation rows per domain; 0 = no cap.")
     max_test_rows: int = Field(0, ge=0, description="Stratified cap on test rows per domain; 0 = no cap.")
     min_rows_per_domain: int = Field(
-        30, ge=3, description="A domain with fewer usable rows is an input error (nothing is trained)."
+        30, ge=3, description="A domain with fewer usable rows (or a single label) is not trained: left out with a "
+        "note when the run takes every domain of the file (data.domains empty), an input error when data.domains "
+        "names it or no domain is left."
     )
+    min_rows_per_label: int = Field(
+        3, ge=3, description="Random splits: a label with fewer rows in a domain cannot have a row in each of "
+        "train, val and test, so it is left out of that domain, and the run says so (a note naming the domain, "
+        "the label and its rows; recorded in prepared_data.json). Merge it into another label with "
+        "data.label_map to keep its rows. A data file's own split column is kept as it is.")
 
     @model_validator(mode="after")
     def _rows_are_sane(self) -> SplitConfig:

@@ -15,6 +15,11 @@ class DataError(PipelineError, ValueError):
     """Bad input data; raised before anything is trained or registered."""
 
 
+class DomainTooSmall(DataError):
+    """A domain without enough data to train (too few rows, or one class). When the run takes every domain of
+    the file, such a domain is left out with a note and the others go on; a domain asked for by name stops it."""
+
+
 class DomainFailure(PipelineError, RuntimeError):
     """At least one domain failed; the others were still registered. Names each domain and its error."""
 

@@ -69,6 +69,13 @@ def prepare_data_task(cfg: PipelineConfig) -> PreparedData:
     path = resolve_data_path(cfg.data.path, cfg.project_dir)
     prepared = prepare_data(path, cfg.data, cfg.split, cfg.work_dir / "prepared", max_labels=cfg.api.max_labels,
                             task=cfg.task, base=cfg.base)
+    for reason in prepared.skipped_domains.values():
+        print(f"note: {path.name}: {reason}; left out, not trained")
+    for domain, labels in prepared.dropped_labels.items():
+        for label, rows in labels.items():
+            print(f"note: {path.name}: domain '{domain}': label '{label}' has {rows} row(s), fewer than "
+                  f"split.min_rows_per_label={cfg.split.min_rows_per_label}; left out of this domain "
+                  "(merge it into another label with data.label_map to keep it)")
     asked = cfg.data.name or path.stem
     if prepared.dataset != asked:
         print(f"note: dataset name '{asked}' is registered as '{prepared.dataset}' (MLflow-safe characters only)")

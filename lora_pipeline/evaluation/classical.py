@@ -22,11 +22,11 @@ from sklearn.pipeline import Pipeline
 from lora_pipeline.config import EvalConfig
 
 
-def macro_f1_scorer(labels: list[str]):
-    """Macro-F1 over every train label, as the test metric and the adapter's epoch choice count it.
-    ``pos_label=None``: make_scorer otherwise asks for label 1 on two string labels and fails (and
-    GridSearchCV's default would score that NaN and silently keep the first C)."""
-    return make_scorer(f1_score, average="macro", labels=labels, zero_division=0, pos_label=None)
+def macro_f1_scorer():
+    """Macro-F1 over the labels true or predicted, as the test metric and the adapter's epoch choice count it
+    (``metrics.classification_metrics``). ``pos_label=None``: make_scorer otherwise asks for label 1 on two
+    string labels and fails (and GridSearchCV's default would score that NaN and silently keep the first C)."""
+    return make_scorer(f1_score, average="macro", zero_division=0, pos_label=None)
 
 
 def fit_tfidf(train: pd.DataFrame, val: pd.DataFrame, cfg: EvalConfig) -> Pipeline:
@@ -42,7 +42,7 @@ def fit_tfidf(train: pd.DataFrame, val: pd.DataFrame, cfg: EvalConfig) -> Pipeli
         x = sp.vstack([x_train, vectorizer.transform(val["text"])])
         y = pd.concat([train["label"], val["label"]])
         fold = PredefinedSplit([-1] * len(train) + [0] * len(val))
-        search = GridSearchCV(classifier, {"C": grid}, scoring=macro_f1_scorer(sorted(train["label"].unique())),
+        search = GridSearchCV(classifier, {"C": grid}, scoring=macro_f1_scorer(),
                               cv=fold, refit=False, error_score="raise").fit(x, y)
         grid = [search.best_params_["C"]]
     classifier.set_params(C=grid[0]).fit(x_train, train["label"])

@@ -32,15 +32,16 @@ class Difference:
 
 
 def _macro_f1_per_sample(truth: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
-    """macro-F1 of each row of ``truth``/``pred`` (resamples x rows of label ids), as scikit-learn's
-    f1_score(average="macro", labels=all, zero_division=0): a label never true nor predicted scores 0."""
-    f1 = np.zeros(truth.shape[0])
+    """macro-F1 of each row of ``truth``/``pred`` (resamples x rows of label ids), as
+    ``metrics.classification_metrics`` counts it: averaged over the labels true or predicted in that row."""
+    f1, present = np.zeros(truth.shape[0]), np.zeros(truth.shape[0])
     for label in range(n_labels):
         is_true, is_pred = truth == label, pred == label
         tp = (is_true & is_pred).sum(axis=1)
         denominator = is_true.sum(axis=1) + is_pred.sum(axis=1)  # 2tp + fp + fn
         f1 += np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
-    return f1 / n_labels
+        present += denominator > 0
+    return f1 / np.maximum(present, 1)
 
 
 def _resamples(n: int, samples: int, seed: int, cells: int = 2_000_000):

@@ -36,9 +36,10 @@ REPORTED = {"classify": ("macro_f1", "accuracy"), "generate": ("rougeL", "rouge1
 EFFICIENCY = ("train_seconds", "adapter_size_bytes", "trainable_params", "latency_p50_ms", "throughput_per_s")
 
 
-def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
+def summary_rows(results: dict, failures: dict[str, str], left_out: dict[str, str] | None = None) -> list[dict]:
     """``results``: domain -> (TrainedAdapter, DomainEvaluation, RegisteredAdapter). Each row shows the metric
-    its version's promotion compared (promotion.metric; a cached version: the one it was decided by)."""
+    its version's promotion compared (promotion.metric; a cached version: the one it was decided by).
+    ``left_out``: domain -> why the data had too little of it to train (``PreparedData.skipped_domains``)."""
     rows = []
     for domain, (trained, evaluation, registered) in sorted(results.items()):
         ranked = registered.metric
@@ -63,6 +64,8 @@ def summary_rows(results: dict, failures: dict[str, str]) -> list[dict]:
         })
     for domain, error in sorted(failures.items()):
         rows.append({"domain": domain, "status": f"FAILED: {error}"})
+    for domain, reason in sorted((left_out or {}).items()):
+        rows.append({"domain": domain, "status": "left out: too little data", "finding": reason})
     return rows
 
 
