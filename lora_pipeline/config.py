@@ -128,10 +128,12 @@ class SplitConfig(_Section):
         "names it or no domain is left."
     )
     min_rows_per_label: int = Field(
-        3, ge=3, description="Random splits: a label with fewer rows in a domain cannot have a row in each of "
-        "train, val and test, so it is left out of that domain, and the run says so (a note naming the domain, "
-        "the label and its rows; recorded in prepared_data.json). Merge it into another label with "
-        "data.label_map to keep its rows. A data file's own split column is kept as it is.")
+        3, ge=3, description="Random splits: a label with fewer rows in a domain is left out of that domain (the "
+        "stratified split needs at least 3), and the run says so (a note naming the domain, the label and its "
+        "rows; recorded in prepared_data.json). Merge it into another label with data.label_map to keep its "
+        "rows. With under ~10 rows a label may still get no val or test row (10 % / 15 % of them round to 0): "
+        "it is trained on, and the macro averages of a split leave out a label without rows there. A data "
+        "file's own split column is kept as it is.")
 
     @model_validator(mode="after")
     def _rows_are_sane(self) -> SplitConfig:

@@ -25,8 +25,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The code that builds an adapter (all subpackages' .py files), and what evaluation adds to it. Not the
 # config module (the values it gives are hashed through the input groups), registry, serving or reporting:
 # editing the API or a report must not retrain every domain.
-ADAPTER_CODE = ("data", "models", "training")
-EVALUATION_CODE = ADAPTER_CODE + ("evaluation",)
+ADAPTER_CODE = ("data", "models", "training", "evaluation/metrics.py")  # metrics: the epoch choice
+EVALUATION_CODE = ("data", "models", "training", "evaluation")
 
 
 @functools.cache
@@ -44,13 +44,14 @@ def code_version() -> str:
 
 @functools.cache
 def code_fingerprint(packages: tuple[str, ...] = ADAPTER_CODE) -> str:
-    """sha256 of the source of ``packages`` (subpackages of lora_pipeline, recursively).
+    """sha256 of the source of ``packages`` (subpackages of lora_pipeline, recursively, or single modules).
 
     Finer than the git commit (a README or API change does not retrain) and exact for uncommitted edits.
     """
     digest = hashlib.sha256()
     for package in packages:
-        for path in sorted((PACKAGE_DIR / package).rglob("*.py")):
+        root = PACKAGE_DIR / package
+        for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -101,9 +101,10 @@ def test_cache_keys_change_with_exactly_what_each_stage_reads(base, override, ne
 def test_code_fingerprint_covers_what_builds_adapters_not_the_api():
     from lora_pipeline import provenance
 
-    adapter_files = {p.relative_to(provenance.PACKAGE_DIR).parts[0]
-                     for pkg in provenance.ADAPTER_CODE for p in (provenance.PACKAGE_DIR / pkg).rglob("*.py")}
-    assert {"data", "models", "training"} == adapter_files  # subpackages included, recursively
+    adapter_dirs = {pkg for pkg in provenance.ADAPTER_CODE if (provenance.PACKAGE_DIR / pkg).is_dir()}
+    assert {"data", "models", "training"} == adapter_dirs  # subpackages included, recursively
+    # the epoch choice scores validation with the evaluation's metrics: that module, not the rest of evaluation
+    assert {pkg for pkg in provenance.ADAPTER_CODE if pkg not in adapter_dirs} == {"evaluation/metrics.py"}
     assert "serving" not in provenance.EVALUATION_CODE and "registry" not in provenance.EVALUATION_CODE
 
 
@@ -132,3 +133,7 @@ def test_editing_the_api_module_changes_no_cache_key(tmp_path, monkeypatch):
     with (copy / "models" / "encoder.py").open("a") as f:
         f.write("\n# an edit to how encoders are built\n")
     assert all(fingerprint(p) != before[p] for p in before)
+    edited = {p: fingerprint(p) for p in before}
+    with (copy / "evaluation" / "metrics.py").open("a") as f:  # how validation is scored: a new adapter
+        f.write("\n# an edit to the metrics\n")
+    assert all(fingerprint(p) != edited[p] for p in before)

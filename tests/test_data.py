@@ -95,6 +95,12 @@ def test_a_label_too_rare_to_split_is_left_out_of_its_domain_only(tmp_path, rare
 @pytest.mark.parametrize("small, overrides, left_out", [
     (_table(n_per_label=5, domains=("tiny",)), [], "domain 'tiny' has 10 rows, fewer than split.min_rows_per_domain=30"),
     (_table(n_per_label=40, domains=("tiny",), labels=("pos",)), [], "domain 'tiny' has a single class 'pos'"),
+    (pd.concat([_table(n_per_label=28, domains=("tiny",), labels=("pos",)),  # 28 rows once 'neg' is left out
+                pd.DataFrame([{"text": f"n {i}", "label": "neg", "domain": "tiny"} for i in range(2)])]), [],
+     "domain 'tiny' has 28 rows, fewer than split.min_rows_per_domain=30 (after leaving out 1 label(s)"),
+    (pd.concat([_table(n_per_label=100, domains=("tiny",), labels=("pos",)),  # 'neg' gets no val row
+                pd.DataFrame([{"text": f"n {i}", "label": "neg", "domain": "tiny"} for i in range(3)])]), [],
+     "domain 'tiny': the val split has a single class"),
     (_table(n_per_label=5, domains=("tiny",)), ["data.domains=[a,tiny]"], None),  # asked for by name: an error
 ])
 def test_a_domain_too_small_to_train_is_left_out_unless_asked_for(tmp_path, small, overrides, left_out):
@@ -106,6 +112,13 @@ def test_a_domain_too_small_to_train_is_left_out_unless_asked_for(tmp_path, smal
     prepared = _prepare(tmp_path, df, *overrides)
     assert sorted(prepared.domains) == ["a", "b"]  # the others are prepared as usual
     assert list(prepared.skipped_domains) == ["tiny"] and left_out in prepared.skipped_domains["tiny"]
+
+
+def test_a_files_own_split_keeps_its_rare_labels(tmp_path):
+    df = pd.concat([_with_splits(["train", "val", "test"]),
+                    pd.DataFrame([{"text": f"odd {s}", "label": "odd", "domain": "a", "split": s} for s in ("train", "test")])])
+    prepared = _prepare(tmp_path, df)
+    assert "odd" in prepared.domains["a"].labels and prepared.dropped_labels == {}
 
 
 def test_csv_parquet_jsonl_load_identically(tmp_path):

@@ -206,7 +206,7 @@ def _random_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str)
         val_share = cfg.val_fraction / (1 - cfg.test_fraction)
         train, val = train_test_split(rest, test_size=val_share, stratify=rest["label"], random_state=cfg.seed)
     except ValueError as exc:
-        raise DataError(f"{source}: domain '{domain}': cannot stratify: {exc}") from None
+        raise DomainTooSmall(f"{source}: domain '{domain}': cannot stratify: {exc}") from None
     return {"train": train, "val": val, "test": test}
 
 
@@ -243,10 +243,10 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str,
                                             f"split.min_rows_per_label={cfg.min_rows_per_label} rows)" if rare else "")
         )
     if counts is not None and len(counts) < 2:
-        only = f"a single class '{counts.index[0]}'" if len(counts) else "no class"
         left_out = (f" with at least split.min_rows_per_label={cfg.min_rows_per_label} rows (too few: "
                     + ", ".join(f"'{label}' {n}" for label, n in rare.items()) + ")") if rare else ""
-        raise DomainTooSmall(f"{source}: domain '{domain}' has {only}{left_out}; need at least 2")
+        raise DomainTooSmall(f"{source}: domain '{domain}' has a single class '{counts.index[0]}'{left_out}; "
+                             "need at least 2")
     parts = (_given_splits if "split" in df.columns else _random_splits)(df, domain, cfg, source)
     # Leakage: a (normalised) text may live in one split only; train keeps it, later splits drop it.
     seen: set[str] = set()
@@ -263,7 +263,7 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str,
     parts = {name: _cap(part, caps[name], cfg.seed).sort_index() for name, part in parts.items()}
     for name, part in parts.items() if counts is not None else ():
         if part["label"].nunique() < 2:
-            raise DataError(f"{source}: domain '{domain}': the {name} split has a single class; add rows")
+            raise DomainTooSmall(f"{source}: domain '{domain}': the {name} split has a single class; add rows")
     return parts, removed, available, rare
 
 
@@ -321,18 +321,18 @@ def prepare_data(
     split_parts, available, leaks, dropped_labels, skipped = {}, {}, 0, {}, {}
     for domain in chosen:  # validate every domain before writing anything
         rows = table[table["domain"] == domain]
-        labels = rows["label"].nunique() if "label" in rows else 0
-        if max_labels is not None and labels > max_labels:
-            raise DataError(f"{source}: domain '{domain}' has {labels} labels, more than api.max_labels={max_labels} "
-                            "(what one server can hold); merge labels with data.label_map or raise api.max_labels")
         try:
-            split_parts[domain], removed, available[domain], rare = split_domain(rows, domain, split_cfg, source,
-                                                                                 length_of)
+            parts, removed, available[domain], rare = split_domain(rows, domain, split_cfg, source, length_of)
         except DomainTooSmall as exc:
             if data_cfg.domains:  # asked for by name: the user wants it, so its problem stops the run
                 raise
             skipped[domain] = str(exc).removeprefix(f"{source}: ")  # one small domain does not stop the others
             continue
+        labels = parts["train"]["label"].nunique() if "label" in parts["train"] else 0  # those it keeps
+        if max_labels is not None and labels > max_labels:
+            raise DataError(f"{source}: domain '{domain}' has {labels} labels, more than api.max_labels={max_labels} "
+                            "(what one server can hold); merge labels with data.label_map or raise api.max_labels")
+        split_parts[domain] = parts
         leaks += removed
         if rare:
             dropped_labels[domain] = rare

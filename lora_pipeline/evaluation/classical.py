@@ -22,11 +22,14 @@ from sklearn.pipeline import Pipeline
 from lora_pipeline.config import EvalConfig
 
 
+def _macro_f1(y_true, y_pred) -> float:
+    return f1_score(y_true, y_pred, average="macro", labels=sorted(set(y_true)), zero_division=0)
+
+
 def macro_f1_scorer():
-    """Macro-F1 over the labels true or predicted, as the test metric and the adapter's epoch choice count it
-    (``metrics.classification_metrics``). ``pos_label=None``: make_scorer otherwise asks for label 1 on two
-    string labels and fails (and GridSearchCV's default would score that NaN and silently keep the first C)."""
-    return make_scorer(f1_score, average="macro", zero_division=0, pos_label=None)
+    """Macro-F1 over the labels with true rows, as the test metric and the adapter's epoch choice count it
+    (``metrics.classification_metrics``)."""
+    return make_scorer(_macro_f1)
 
 
 def fit_tfidf(train: pd.DataFrame, val: pd.DataFrame, cfg: EvalConfig) -> Pipeline:

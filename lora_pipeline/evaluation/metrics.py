@@ -22,20 +22,27 @@ SCALAR_METRICS = ("accuracy", "precision", "recall", "macro_f1", "micro_f1")
 
 def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence) -> dict:
     """Scalar metrics + per-class report + confusion matrix (rows = true, columns = predicted).
-    The macro averages are over the labels that occur in ``y_true`` or ``y_pred`` (scikit-learn's own
-    default): a label with no test rows that no model predicts has no F1 to average, and counting it as 0
-    would cap every model's macro-F1 below 1. The report and the matrix keep every label of ``labels``."""
+    The macro averages are over the labels that have rows in ``y_true``: a label without test rows has no
+    recall and no F1 to average, and counting it as 0 would cap every model's macro-F1 below 1. The set
+    depends on the rows only, so every model scored on them is averaged over the same labels (a wrong
+    prediction of an absent label still costs the true label its recall). The report and the matrix keep
+    every label of ``labels``."""
     labels = list(labels)
-    seen = set(y_true) | set(y_pred)
-    scored = {"labels": [label for label in labels if label in seen] or labels, "zero_division": 0}
+    present = set(y_true)
+    scored = {"labels": [label for label in labels if label in present] or labels, "zero_division": 0}
     kw = {"labels": labels, "zero_division": 0}
+    report = classification_report(y_true, y_pred, output_dict=True, **kw)
+    report["macro avg"] = {"precision": float(precision_score(y_true, y_pred, average="macro", **scored)),
+                           "recall": float(recall_score(y_true, y_pred, average="macro", **scored)),
+                           "f1-score": float(f1_score(y_true, y_pred, average="macro", **scored)),
+                           "support": len(y_true)}
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "precision": float(precision_score(y_true, y_pred, average="macro", **scored)),
         "recall": float(recall_score(y_true, y_pred, average="macro", **scored)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", **scored)),
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", **scored)),
-        "per_class": classification_report(y_true, y_pred, output_dict=True, **kw),
+        "per_class": report,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "labels": [str(label) for label in labels],
     }

@@ -33,14 +33,14 @@ class Difference:
 
 def _macro_f1_per_sample(truth: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
     """macro-F1 of each row of ``truth``/``pred`` (resamples x rows of label ids), as
-    ``metrics.classification_metrics`` counts it: averaged over the labels true or predicted in that row."""
+    ``metrics.classification_metrics`` counts it: averaged over the labels with true rows in that resample."""
     f1, present = np.zeros(truth.shape[0]), np.zeros(truth.shape[0])
     for label in range(n_labels):
         is_true, is_pred = truth == label, pred == label
         tp = (is_true & is_pred).sum(axis=1)
         denominator = is_true.sum(axis=1) + is_pred.sum(axis=1)  # 2tp + fp + fn
         f1 += np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
-        present += denominator > 0
+        present += is_true.sum(axis=1) > 0
     return f1 / np.maximum(present, 1)
 
 

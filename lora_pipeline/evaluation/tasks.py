@@ -2,7 +2,8 @@
 evaluated, which metrics promotion may compare (``promotion.metric``; the first is the default), how two models'
 outputs on the same rows are compared, and what the classical baseline is called.
 
-- classify: macro-F1 (or accuracy) over the domain's labels; TF-IDF + logistic regression.
+- classify: macro-F1 (or accuracy) over the domain's labels that have rows in the scored split; TF-IDF +
+  logistic regression.
 - generate: mean ROUGE-L (or ROUGE-1 / ROUGE-2) F-measure; the input's lead sentence.
 
 Every metric comes with its paired bootstrap (two models on the same rows) and its one-model interval:
