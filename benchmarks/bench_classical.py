@@ -33,7 +33,7 @@ from lora_pipeline.evaluation.classical import fit_tfidf, macro_f1_scorer
 from lora_pipeline.evaluation.metrics import classification_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("vader", "bbc", "newsgroups", "newsgroups20", "imdb", "drugs", "clothing", "medmcqa")
+DATASETS = ("vader", "bbc", "newsgroups", "newsgroups20", "imdb", "drugs", "clothing", "medmcqa", "reddit")
 
 
 def _macro_f1(truth, predicted, labels) -> float:

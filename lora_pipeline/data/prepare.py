@@ -229,19 +229,21 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str,
     split are removed from later ones. ``length_of``: the token length the base will read a list of train
     texts with (max_train_rows 'auto'; None = split.auto_train_rows).
     Returns (capped splits, leaked rows removed, rows per split before the caps, labels left out: rows)."""
+    def check_rows(left_out: str = "") -> None:
+        if len(df) < cfg.min_rows_per_domain:
+            raise DomainTooSmall(f"{source}: domain '{domain}' has {len(df)} rows, fewer than "
+                                 f"split.min_rows_per_domain={cfg.min_rows_per_domain}{left_out}")
+
+    check_rows()
     counts = df["label"].value_counts() if "label" in df.columns else None
     rare = {}
     if counts is not None and "split" not in df.columns:
-        # A label needs a row in each split; a rarer one is left out of this domain (the run says so), not
-        # the reason the whole run stops: public data often has a label or two with a handful of rows.
+        # A stratified split needs a few rows of each label; a rarer one is left out of this domain (the run
+        # says so), not the reason the whole run stops: public data often has a label or two with a handful.
         rare = {str(label): int(n) for label, n in counts[counts < cfg.min_rows_per_label].items()}
         df, counts = df[~df["label"].isin(rare)], counts[counts >= cfg.min_rows_per_label]
-    if len(df) < cfg.min_rows_per_domain:
-        raise DomainTooSmall(
-            f"{source}: domain '{domain}' has {len(df)} rows, fewer than split.min_rows_per_domain="
-            f"{cfg.min_rows_per_domain}" + (f" (after leaving out {len(rare)} label(s) with fewer than "
-                                            f"split.min_rows_per_label={cfg.min_rows_per_label} rows)" if rare else "")
-        )
+        check_rows(f" (after leaving out {len(rare)} label(s) with fewer than "
+                   f"split.min_rows_per_label={cfg.min_rows_per_label} rows)")
     if counts is not None and len(counts) < 2:
         left_out = (f" with at least split.min_rows_per_label={cfg.min_rows_per_label} rows (too few: "
                     + ", ".join(f"'{label}' {n}" for label, n in rare.items()) + ")") if rare else ""
