@@ -39,6 +39,7 @@ def test_macro_averages_are_over_the_labels_with_test_rows(y_true, y_pred, macro
     m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
     assert m["macro_f1"] == pytest.approx(macro_f1)
     assert m["per_class"]["macro avg"]["f1-score"] == pytest.approx(macro_f1)  # the report says the same
+    assert m["micro_f1"] == pytest.approx(m["accuracy"])  # a stray 'c' is still a wrong prediction
     assert len(m["confusion_matrix"]) == 3 and sum(m["confusion_matrix"][2]) == y_true.count("c")  # every label
     assert "c" in m["per_class"]
 

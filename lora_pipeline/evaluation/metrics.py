@@ -26,7 +26,7 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence)
     recall and no F1 to average, and counting it as 0 would cap every model's macro-F1 below 1. The set
     depends on the rows only, so every model scored on them is averaged over the same labels (a wrong
     prediction of an absent label still costs the true label its recall). The report and the matrix keep
-    every label of ``labels``."""
+    every label of ``labels``, and so does micro-F1 (which equals accuracy on single-label data)."""
     labels = list(labels)
     present = set(y_true)
     scored = {"labels": [label for label in labels if label in present] or labels, "zero_division": 0}
@@ -41,7 +41,7 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence)
         "precision": float(precision_score(y_true, y_pred, average="macro", **scored)),
         "recall": float(recall_score(y_true, y_pred, average="macro", **scored)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", **scored)),
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", **scored)),
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", **kw)),  # every label: = accuracy
         "per_class": report,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "labels": [str(label) for label in labels],
