@@ -15,20 +15,21 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, make_scorer
+from sklearn.metrics import make_scorer
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.pipeline import Pipeline
 
 from lora_pipeline.config import EvalConfig
+from lora_pipeline.evaluation.metrics import classification_metrics
 
 
 def _macro_f1(y_true, y_pred) -> float:
-    return f1_score(y_true, y_pred, average="macro", labels=sorted(set(y_true)), zero_division=0)
+    return classification_metrics(y_true, y_pred, sorted(set(y_true)))["macro_f1"]
 
 
 def macro_f1_scorer():
-    """Macro-F1 over the labels with true rows, as the test metric and the adapter's epoch choice count it
-    (``metrics.classification_metrics``)."""
+    """Macro-F1 exactly as the test metric and the adapter's epoch choice count it
+    (``metrics.classification_metrics``: over the labels with true rows)."""
     return make_scorer(_macro_f1)
 
 

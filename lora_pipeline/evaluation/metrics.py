@@ -12,8 +12,7 @@ from sklearn.metrics import (
     classification_report,
     confusion_matrix,
     f1_score,
-    precision_score,
-    recall_score,
+    precision_recall_fscore_support,
 )
 
 # Scalar metrics logged to MLflow as <model>_<name>; precision and recall are macro averages.
@@ -31,16 +30,15 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, labels: Sequence)
     present = set(y_true)
     scored = {"labels": [label for label in labels if label in present] or labels, "zero_division": 0}
     kw = {"labels": labels, "zero_division": 0}
+    *scores, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", **scored)  # once, for both
+    precision, recall, macro_f1 = map(float, scores)
     report = classification_report(y_true, y_pred, output_dict=True, **kw)
-    report["macro avg"] = {"precision": float(precision_score(y_true, y_pred, average="macro", **scored)),
-                           "recall": float(recall_score(y_true, y_pred, average="macro", **scored)),
-                           "f1-score": float(f1_score(y_true, y_pred, average="macro", **scored)),
-                           "support": len(y_true)}
+    report["macro avg"] = {"precision": precision, "recall": recall, "f1-score": macro_f1, "support": len(y_true)}
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "precision": float(precision_score(y_true, y_pred, average="macro", **scored)),
-        "recall": float(recall_score(y_true, y_pred, average="macro", **scored)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", **scored)),
+        "precision": precision,
+        "recall": recall,
+        "macro_f1": macro_f1,
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", **kw)),  # every label: = accuracy
         "per_class": report,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
