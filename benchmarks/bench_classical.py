@@ -26,6 +26,7 @@ from sklearn.base import clone
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+from benchmarks.report import write_json_and_table
 from lora_pipeline.config import EvalConfig, load_config
 from lora_pipeline.data.datasets import fetch_dataset
 from lora_pipeline.data.prepare import prepare_data
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"benchmark": "classical baseline variants (python -m benchmarks.bench_classical)",
               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "c_grid": EvalConfig().tfidf_c_grid, "domains": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_json_and_table(args.out, result, markdown(result))
     return result
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lora_pipeline.reporting.report import plot_grouped_bars, render_markdown
 
 MODELS = {"base": "zero-shot base", "tfidf": "TF-IDF+LR", "adapter": "LoRA adapter", "full_finetune": "full fine-tune"}
 MB = 1024 * 1024
+
+
+def write_json_and_table(out: Path, result: dict, table: str) -> None:
+    """A benchmark's result as ``out`` (JSON) and its table beside it (``out`` with ``.md``), and on the console."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(table)
 
 
 def ratios(r: dict) -> dict[str, float]:

@@ -53,3 +53,28 @@ def test_the_table_shows_few_shot_only_where_measured_and_the_targets_count_doma
     assert rows[1].endswith("| 256 (25%) | 800/1000 | 12 | 3 | 9 | champion |")
     assert targets(result["datasets"]) == {"error_ratio_vs_tfidf_max": 1.5, "domains_meeting_error_ratio": 1,
                                            "domains": 2, "vader_movie_neutral_f1": 0.1}
+
+
+def _run(seed: int | None, adapters: dict[str, float], tfidf: float = 0.8) -> dict:
+    overrides = [] if seed is None else [f"train.seed={seed}"]
+    return {"overrides": overrides, "measured_at": f"seed {seed}", "datasets": {
+        "newsgroups": {"failure": None, "domains": {dom: {**_domain(a, tfidf), "alias": "champion" if a >= tfidf else "challenger"}
+                                                    for dom, a in adapters.items()}}}}
+
+
+def test_the_seed_spread_counts_each_run_and_refuses_runs_that_are_not_comparable():
+    from benchmarks.seed_spread import spread
+
+    # error ratios: comp 0.5 / 0.9; talk 1.5 / 1.25; sci 0.5 / 0.75
+    runs = [_run(None, {"comp": 0.9, "talk": 0.7, "sci": 0.9}), _run(43, {"comp": 0.82, "talk": 0.75, "sci": 0.85})]
+    result = spread(runs)
+    assert result["seeds"] == [42, 43]
+    comp = result["domains"]["newsgroups/comp"]
+    assert comp["adapter"] == [0.9, 0.82] and comp["adapter_mean"] == 0.86 and comp["adapter_range"] == 0.08
+    assert comp["error_ratio"] == [0.5, 0.9] and comp["alias"] == ["champion", "champion"]
+    assert result["domains_meeting_error_ratio"] == {"42": 2, "43": 1}
+    assert (result["domains_meeting_in_every_run"], result["domains_meeting_in_no_run"]) == (1, 1)
+    with pytest.raises(SystemExit, match="TF-IDF scores differ"):  # other rows or config, not only the seed
+        spread([runs[0], _run(43, {"comp": 0.9, "talk": 0.7, "sci": 0.9}, tfidf=0.85)])
+    with pytest.raises(SystemExit, match="share a seed"):
+        spread([runs[0], _run(42, {"comp": 0.9})])
