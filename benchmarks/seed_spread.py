@@ -1,13 +1,16 @@
 """How much of a held-out result is the training seed: several ``bench_heldout`` runs side by side.
 
     python -m benchmarks.bench_heldout --set train.seed=43 --out-dir benchmarks/results/heldout-seed43
-    python -m benchmarks.seed_spread benchmarks/results/heldout.json benchmarks/results/heldout-seed43/heldout.json ...
+    python -m benchmarks.seed_spread benchmarks/results/heldout.json benchmarks/results/heldout-seed43/heldout.json \
+        --out benchmarks/results/heldout-seeds.json
 
-Every run must use the same data, splits and config apart from ``train.seed`` (checked: the TF-IDF
-baseline, fitted on the same rows, then scores the same in every run). Per domain: the adapter's
-test macro-F1 in each run, its mean and range, the TF-IDF score, and the error ratio against TF-IDF
-((1 - adapter) / (1 - TF-IDF)) in each run, with how many domains meet issue 13's 0.8x in each run and
-in all of them. Writes ``--out`` (JSON) and the same path with ``.md``.
+Every run must use the same data, splits and config apart from ``train.seed``. Checked: the runs'
+``--set`` overrides other than the seed are the same, and the TF-IDF baseline, fitted on the same rows,
+scores the same in every run. Per domain: the adapter's test macro-F1 in each run, its mean and range,
+the TF-IDF score, and the error ratio against TF-IDF ((1 - adapter) / (1 - TF-IDF)) in each run, with
+how many domains meet issue 13's 0.8x in each run and in all of them. A domain missing from a run
+(failed, or left out) is not compared and is listed as such. Writes ``--out`` (JSON) and the same path
+with ``.md``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,21 @@ from benchmarks.report import write_json_and_table
 from lora_pipeline.config import load_config
 
 
+def _split_overrides(run: dict) -> tuple[list[str], list[str]]:
+    """The run's ``train.seed`` values and its other overrides (``KEY=VALUE``, spaces around the key ignored)."""
+    seeds, others = [], []
+    for override in run.get("overrides", []):
+        key, _, value = override.partition("=")
+        if key.strip() == "train.seed":
+            seeds.append(value.strip())
+        else:
+            others.append(override)
+    return seeds, others
+
+
 def seed_of(run: dict) -> int:
     """The run's ``train.seed`` override, or the default config's seed when it has none."""
-    seeds = [o.split("=", 1)[1] for o in run.get("overrides", []) if o.startswith("train.seed=")]
+    seeds, _ = _split_overrides(run)
     return int(seeds[-1]) if seeds else load_config().train.seed
 
 
@@ -32,12 +47,16 @@ def spread(runs: list[dict]) -> dict:
     seeds = [seed_of(run) for run in runs]
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"seed_spread: runs share a seed ({seeds}); give one run per training seed")
-    domains = {}
+    others = [_split_overrides(run)[1] for run in runs]
+    if any(o != others[0] for o in others):
+        raise SystemExit(f"seed_spread: the runs' overrides differ beyond train.seed ({others})")
+    domains, not_compared = {}, []
     for name, res in runs[0]["datasets"].items():
         for dom, first in res["domains"].items():
             per_run = [run["datasets"].get(name, {}).get("domains", {}).get(dom) for run in runs]
             if any(r is None for r in per_run):
-                continue  # a domain that failed or was left out in one run is not compared
+                not_compared.append(f"{name}/{dom}")  # failed or left out in some run
+                continue
             tfidf = {r["macro_f1"]["tfidf"] for r in per_run}
             if len(tfidf) != 1:
                 raise SystemExit(f"seed_spread: {name}/{dom}: TF-IDF scores differ between runs ({sorted(tfidf)}): "
@@ -57,7 +76,7 @@ def spread(runs: list[dict]) -> dict:
                                                 for d in domains.values()),
             "domains_meeting_in_no_run": sum(all(v > ERROR_RATIO_TARGET for v in d["error_ratio"])
                                              for d in domains.values()),
-            "n_domains": len(domains)}
+            "n_domains": len(domains), "not_compared": not_compared}
 
 
 def markdown(result: dict) -> str:
@@ -72,6 +91,8 @@ def markdown(result: dict) -> str:
     lines.append(f"\nDomains with error <= {ERROR_RATIO_TARGET}x TF-IDF's: {meets} of {result['n_domains']} "
                  f"(in every run: {result['domains_meeting_in_every_run']}; in none: "
                  f"{result['domains_meeting_in_no_run']}).")
+    if result["not_compared"]:
+        lines.append(f"Not in every run, so not compared: {', '.join(result['not_compared'])}.")
     return "\n".join(lines) + "\n"
 
 

@@ -55,8 +55,8 @@ def test_the_table_shows_few_shot_only_where_measured_and_the_targets_count_doma
                                            "domains": 2, "vader_movie_neutral_f1": 0.1}
 
 
-def _run(seed: int | None, adapters: dict[str, float], tfidf: float = 0.8) -> dict:
-    overrides = [] if seed is None else [f"train.seed={seed}"]
+def _run(seed: int | None, adapters: dict[str, float], tfidf: float = 0.8, more: tuple[str, ...] = ()) -> dict:
+    overrides = [*more] if seed is None else [*more, f"train.seed = {seed}"]  # spaces as --set allows them
     return {"overrides": overrides, "measured_at": f"seed {seed}", "datasets": {
         "newsgroups": {"failure": None, "domains": {dom: {**_domain(a, tfidf), "alias": "champion" if a >= tfidf else "challenger"}
                                                     for dom, a in adapters.items()}}}}
@@ -74,7 +74,13 @@ def test_the_seed_spread_counts_each_run_and_refuses_runs_that_are_not_comparabl
     assert comp["error_ratio"] == [0.5, 0.9] and comp["alias"] == ["champion", "champion"]
     assert result["domains_meeting_error_ratio"] == {"42": 2, "43": 1}
     assert (result["domains_meeting_in_every_run"], result["domains_meeting_in_no_run"]) == (1, 1)
-    with pytest.raises(SystemExit, match="TF-IDF scores differ"):  # other rows or config, not only the seed
+    # a domain that one run lacks (failed, left out) is named, not compared
+    partial = spread([runs[0], _run(43, {"comp": 0.82, "sci": 0.85})])
+    assert list(partial["domains"]) == ["newsgroups/comp", "newsgroups/sci"]
+    assert partial["not_compared"] == ["newsgroups/talk"]
+    with pytest.raises(SystemExit, match="TF-IDF scores differ"):  # other rows or TF-IDF settings
         spread([runs[0], _run(43, {"comp": 0.9, "talk": 0.7, "sci": 0.9}, tfidf=0.85)])
+    with pytest.raises(SystemExit, match="overrides differ beyond train.seed"):  # another recipe, not only a seed
+        spread([runs[0], _run(43, {"comp": 0.82, "talk": 0.75, "sci": 0.85}, more=("lora.dropout=0.1",))])
     with pytest.raises(SystemExit, match="share a seed"):
         spread([runs[0], _run(42, {"comp": 0.9})])
