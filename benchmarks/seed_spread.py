@@ -5,8 +5,8 @@
         --out benchmarks/results/heldout-seeds.json
 
 Every run must use the same data, splits and config apart from ``train.seed``. Checked: the runs'
-``--set`` overrides other than the seed are the same, and the TF-IDF baseline, fitted on the same rows,
-scores the same in every run. Per domain: the adapter's test macro-F1 in each run, its mean and range,
+``--set`` overrides resolve to the same config but for the seed, and the TF-IDF baseline, fitted on the
+same rows, scores the same in every run. Per domain: the adapter's test macro-F1 in each run, its mean and range,
 the TF-IDF score, and the error ratio against TF-IDF ((1 - adapter) / (1 - TF-IDF)) in each run, with
 how many domains meet issue 13's 0.8x in each run and in all of them. A domain missing from a run
 (failed, or left out) is not compared and is listed as such. Writes ``--out`` (JSON) and the same path
@@ -25,31 +25,21 @@ from benchmarks.report import write_json_and_table
 from lora_pipeline.config import load_config
 
 
-def _split_overrides(run: dict) -> tuple[list[str], list[str]]:
-    """The run's ``train.seed`` values and its other overrides (``KEY=VALUE``, spaces around the key ignored)."""
-    seeds, others = [], []
-    for override in run.get("overrides", []):
-        key, _, value = override.partition("=")
-        if key.strip() == "train.seed":
-            seeds.append(value.strip())
-        else:
-            others.append(override)
-    return seeds, others
-
-
-def seed_of(run: dict) -> int:
-    """The run's ``train.seed`` override, or the default config's seed when it has none."""
-    seeds, _ = _split_overrides(run)
-    return int(seeds[-1]) if seeds else load_config().train.seed
+def resolved_seed_and_rest(run: dict) -> tuple[int, dict]:
+    """The run's ``train.seed`` and the rest of its config, as the config loader resolves its ``--set``
+    overrides (so ``train.seed = 43`` and ``train.seed=43`` are one seed, and no override means the default)."""
+    cfg = load_config(overrides=run.get("overrides", []))
+    return cfg.train.seed, cfg.model_dump(exclude={"train": {"seed"}})
 
 
 def spread(runs: list[dict]) -> dict:
-    seeds = [seed_of(run) for run in runs]
+    seeds, rests = zip(*map(resolved_seed_and_rest, runs))
+    seeds = list(seeds)
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"seed_spread: runs share a seed ({seeds}); give one run per training seed")
-    others = [_split_overrides(run)[1] for run in runs]
-    if any(o != others[0] for o in others):
-        raise SystemExit(f"seed_spread: the runs' overrides differ beyond train.seed ({others})")
+    if any(rest != rests[0] for rest in rests):
+        raise SystemExit("seed_spread: the runs' overrides differ beyond train.seed "
+                         f"({[run.get('overrides', []) for run in runs]})")
     domains, not_compared = {}, []
     for name, res in runs[0]["datasets"].items():
         for dom, first in res["domains"].items():
