@@ -183,7 +183,7 @@ class LoraSettings(_Section):
     )
     modules_to_save: list[str] | None = Field(
         None, description="Modules trained in full and saved with the adapter; null = the base's default "
-        "(BERT: its new head and pooler.dense; causal LMs: none)."
+        "(BERT: its new head, pooler.dense and the bag-of-words term, bag_of_words; causal LMs: none)."
     )
 
 
