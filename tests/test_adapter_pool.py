@@ -20,17 +20,17 @@ from lora_pipeline.config import LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 
 BASE = "all-minilm-l6-v2"
-LORA = LoraSettings(modules_to_save=["classifier", "pooler.dense"])
+LORA = LoraSettings(modules_to_save=["classifier", "pooler.dense", "bag_of_words"])
 TEXTS = ["Great value, works as described.", "Terrible.", "The committee met on Tuesday to discuss the budget.",
          "meh", "I can't believe how good this turned out to be, honestly the best purchase of the year!"]
 
 
 def _adapter(root: Path, name: str, labels: list[str], seed: int, lora: LoraSettings = LORA) -> Path:
-    """An adapter with random LoRA B matrices and head (untrained, but far from the base)."""
+    """An adapter with random LoRA B matrices, head and bag-of-words term (untrained, but far from the base)."""
     torch.manual_seed(seed)
     model = build_lora_model(BASE, labels, lora)
     for param_name, param in model.named_parameters():
-        if "lora_B" in param_name:
+        if "lora_B" in param_name or ("bag_of_words.modules_to_save" in param_name):
             torch.nn.init.normal_(param, std=0.05)
     return save_adapter(model, AdapterMeta(name, labels, BASE, 64), root / name)
 
@@ -40,7 +40,10 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
     return {"two": _adapter(root, "two", ["no", "yes"], 1),
             "five": _adapter(root, "five", [f"c{i}" for i in range(5)], 2),
-            "three": _adapter(root, "three", ["negative", "neutral", "positive"], 3)}
+            "three": _adapter(root, "three", ["negative", "neutral", "positive"], 3),
+            # saved without the bag-of-words term (as before it existed): served with a zero one, as trained
+            "no-bow": _adapter(root, "no-bow", ["x", "y", "z"], 5, LoraSettings(modules_to_save=["classifier",
+                                                                                              "pooler.dense"]))}
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +55,14 @@ def pool(adapters) -> AdapterPool:
 
 
 def test_mixed_batch_rows_equal_each_adapter_alone(pool, adapters):
-    requests = [PoolRequest(name, text) for text in TEXTS for name in ("two", "five", "three")]
+    requests = [PoolRequest(name, text) for text in TEXTS for name in adapters]
     mixed = pool.predict_proba(requests, batch_size=len(requests))  # one forward pass for all of them
     for name, path in adapters.items():
         alone = load_adapter(path).predict_proba(TEXTS)
         got = np.stack([p for r, p in zip(requests, mixed) if r.adapter == name])
         assert got.shape == alone.shape  # cut back to the adapter's own labels
         np.testing.assert_allclose(got, alone, atol=1e-5)
-    assert len({tuple(np.round(p, 3)) for p in mixed[:3]}) == 3  # the adapters really differ
+    assert len({tuple(np.round(p, 3)) for p in mixed[:len(adapters)]}) == len(adapters)  # the adapters really differ
 
 
 def test_removed_adapter_is_gone_and_others_unaffected(pool, adapters):
@@ -85,7 +88,7 @@ def _edit_meta(path: Path, **changes) -> None:
     (lambda p: (p / "adapter_model.safetensors").write_bytes(b"\0" * 64), True, ""),  # the library's error
     (lambda p: shutil.rmtree(p) or _adapter(p.parent, p.name, ["a", "b", "c"], 4,
                                            LoraSettings(modules_to_save=["classifier", "pooler"])), False,
-     "modules_to_save ['pooler'] differ"),
+     "modules_to_save ['pooler'] are not all in this server's"),
     # Changed after saving: refused by the checksums before anything is read.
     (lambda p: (p / "adapter_model.safetensors").write_bytes(b"\0" * 64), False,
      "adapter_model.safetensors does not match its sha256"),

@@ -15,7 +15,7 @@ def test_defaults_record_demo_sizes():
 
     # null = the base's defaults; MiniLM's must train and save the new head, else it reloads random
     assert cfg.lora.modules_to_save is None
-    assert lora_settings_for(cfg.base.name, cfg.lora).modules_to_save == ["classifier", "pooler.dense"]
+    assert lora_settings_for(cfg.base.name, cfg.lora).modules_to_save == ["classifier", "pooler.dense", "bag_of_words"]
     assert lora_settings_for("smollm2-135m", cfg.lora).target_modules == ["q_proj", "v_proj"]
 
 

@@ -35,6 +35,7 @@ from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter, build_lora
 from lora_pipeline.errors import ConfigError
 from lora_pipeline.models.bases import BASE_MODELS, load_tokenizer
 from lora_pipeline.models.compute import choose_compute, cpu_bf16, model_device, training_attention
+from lora_pipeline.models.encoder import BAG_OF_WORDS_SCALE, bag_of_words_features
 from lora_pipeline.models.prompting import IGNORE
 from lora_pipeline.provenance import training_inputs
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
@@ -204,6 +205,34 @@ def test_training_moves_only_lora_and_saved_modules(case, trained):
     changed_base = [n for n, (value, grad) in run.before.items() if not grad and not torch.equal(after[n], value)]
     assert changed_base == []
     assert any(not torch.equal(after[n], run.before[n][0]) for n in trainable if "lora_B" in n)  # it did train
+    bag_of_words = [n for n in trainable if "bag_of_words" in n]  # encoders: the term starts at 0 and trains
+    assert len(bag_of_words) == (case.kind != "causal")
+    for name in bag_of_words:
+        assert not run.before[name][0].any() and after[name].any()
+
+
+def test_bag_of_words_features_count_each_rows_real_tokens():
+    """log(1 + count) per vocabulary entry, L2-normalised and scaled; padding is not a token of the text, so
+    a row's features do not depend on its batch."""
+    ids = torch.tensor([[5, 7, 7, 0, 0], [7, 5, 7, 9, 9]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    features = bag_of_words_features(ids, mask, vocab_size=10)
+    first = torch.zeros(10)
+    first[5], first[7] = np.log(2), np.log(3)
+    second = torch.zeros(10)
+    second[5], second[7], second[9] = np.log(2), np.log(3), np.log(3)
+    for row, expected in zip(features, (first, second)):
+        torch.testing.assert_close(row, BAG_OF_WORDS_SCALE * expected / expected.norm())
+    unpadded = bag_of_words_features(ids[:1, :3], mask[:1, :3], vocab_size=10)
+    torch.testing.assert_close(unpadded[0], features[0])
+
+
+@pytest.mark.parametrize("base", [TINY_ENCODER, TINY_SENTENCE_ENCODER])
+def test_a_fresh_bag_of_words_term_adds_nothing(base, tiny_bases):
+    """Zero until trained, whatever transformers' initialisation does to new weights: an adapter saved without
+    the term (lora.modules_to_save without bag_of_words) predicts as the head alone."""
+    model = KINDS[tiny_bases[base].kind].load_base(tiny_bases[base], ["a", "b", "c"], None)
+    assert not model.bag_of_words.weight.any()
 
 
 # --- 3. the causal kind's loss sees only the answer -----------------------------------------------

@@ -45,7 +45,8 @@ def build_tiny_encoder(folder: Path, seed: int = 0) -> BaseModelSpec:
     model.save_pretrained(folder)  # transformers >= 5 always writes safetensors
     tokenizer.save_pretrained(folder)
     return BaseModelSpec(name=TINY_ENCODER, kind="encoder", package="", module="", params_millions=1.0,
-                         lora_targets=("query", "value"), modules_to_save=("classifier", "pooler.dense"),
+                         lora_targets=("query", "value"),
+                         modules_to_save=("classifier", "pooler.dense", "bag_of_words"),
                          source="dir", local_dir=str(folder), max_positions=128, length_budget=128)
 
 
@@ -53,7 +54,7 @@ def tiny_sentence_encoder(encoder: BaseModelSpec) -> BaseModelSpec:
     """The tiny BERT of ``encoder`` as a sentence encoder: its head reads the mean of the token states."""
     return BaseModelSpec(name=TINY_SENTENCE_ENCODER, kind="sentence-encoder", package="", module="",
                          params_millions=1.0, lora_targets=("query", "value"),
-                         modules_to_save=("classifier", "pooler.dense"),
+                         modules_to_save=("classifier", "pooler.dense", "bag_of_words"),
                          source="dir", local_dir=encoder.local_dir, max_positions=128, length_budget=128)
 
 

@@ -86,13 +86,21 @@ class AdapterPool:
         if not (adapter_dir / "adapter_model.safetensors").is_file():  # never unpickle a .bin from a registry
             raise AdapterLoadError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors weights are loaded)")
         config = PeftConfig.from_pretrained(str(adapter_dir))
-        # peft routes a row through a fully-trained module only if every adapter has its own copy of it;
-        # otherwise some rows would silently run the base module.
+        # peft routes a row through a fully-trained module only if the row's adapter has its own copy of it.
+        # An adapter that trained a module this server does not route could not be served as trained. One that
+        # did not train one of the server's modules (say, saved before the bag-of-words term) gets a copy of the
+        # base's module, which is the module it was trained with.
         trained = sorted(set(config.modules_to_save or []) - set(HEAD_NAMES))
-        if trained != self.modules_to_save:
-            raise AdapterLoadError(f"{adapter_dir}: modules_to_save {trained} differ from this server's "
+        if not set(trained) <= set(self.modules_to_save):
+            raise AdapterLoadError(f"{adapter_dir}: modules_to_save {trained} are not all in this server's "
                                    f"lora.modules_to_save {self.modules_to_save}; retrain it with the server's config")
+        from_base = sorted(set(self.modules_to_save) - set(trained))
+        config.modules_to_save = [*(config.modules_to_save or []), *from_base]
         weights = self.kind.pool_weights(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
+        for module in from_base:
+            wrapper = self.model.base_model.model.get_submodule(module)
+            weights.update({f"base_model.model.{module}.{key}": value.clone()
+                            for key, value in wrapper.original_module.state_dict().items()})
         with self.lock:
             if name in self.meta:
                 raise AdapterLoadError(f"adapter name '{name}' is already in the pool")
