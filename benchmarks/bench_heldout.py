@@ -77,6 +77,7 @@ def collect_domains(client, versions: list[tuple[str, str, str, str]]) -> dict[s
             "train_rows": int(m["n_train"]), "train_rows_available": int(m.get("n_train_available", m["n_train"])),
             "n_test": int(m["n_test"]), "train_seconds": m["train_seconds"], "epochs_run": m["epochs_run"],
             "latency_p50_ms": m["latency_p50_ms"], "base_model": version.tags.get("base_model", ""),
+            "adapter_size_bytes": int(m["adapter_size_bytes"]), "trainable_params": int(m["trainable_params"]),
             "class_weighted": bool(m["class_weighted"]),
             "tfidf_C": m.get("tfidf_C"),  # what the validation split picked (absent before 2026-12-06: C=1)
             "alias": alias, "reason": version.tags.get("promotion_reason", ""),

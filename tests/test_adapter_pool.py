@@ -41,9 +41,9 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
     return {"two": _adapter(root, "two", ["no", "yes"], 1),
             "five": _adapter(root, "five", [f"c{i}" for i in range(5)], 2),
             "three": _adapter(root, "three", ["negative", "neutral", "positive"], 3),
-            # saved without the bag-of-words term (as before it existed): served with a zero one, as trained
-            "no-bow": _adapter(root, "no-bow", ["x", "y", "z"], 5, LoraSettings(modules_to_save=["classifier",
-                                                                                              "pooler.dense"]))}
+            # only its head trained (no bag-of-words term, as before it existed; the base's pooler): served
+            # with a zero term and the base's pooler, as it was trained
+            "head-only": _adapter(root, "head-only", ["x", "y", "z"], 5, LoraSettings(modules_to_save=["classifier"]))}
 
 
 @pytest.fixture(scope="module")

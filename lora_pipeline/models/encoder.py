@@ -3,10 +3,12 @@
 The two differ only in what the head reads. ``encoder``: BERT's pooler (dense + tanh) on the [CLS] state.
 ``sentence-encoder``: the same pooler layer on the mask-weighted mean of the last hidden states, which is
 how a sentence encoder such as all-MiniLM-L6-v2 was trained to represent a text (its [CLS] state never was).
-Training: LoRA on the attention projections, the new head and the pooler's dense layer trained in full;
-the best checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the
-mean-pooled text embedding to an embedding of each label's description. Serving: every adapter's head is
-zero-padded to one shared width, and each row's logits are cut back to its own labels before the softmax.
+Both add a bag-of-words term to the head's logits (a linear map from the text's token counts). Training:
+LoRA on the attention projections; the new head, the pooler's dense layer and the bag-of-words term trained
+in full; the best checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the
+mean-pooled text embedding to an embedding of each label's description. Serving: every adapter's head and
+bag-of-words term are zero-padded to one shared width, and each row's logits are cut back to its own labels
+before the softmax.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class AdapterPool:
         self.max_labels = max_labels
         self.kind = kind_of(base_model)
         lora = lora_settings_for(base_model, lora)  # null target/saved modules -> the base's defaults
-        # Fully-trained modules besides the head; every adapter must train the same ones (see add()).
+        # Fully-trained modules besides the head; an adapter may train fewer of them, not others (see add()).
         self.modules_to_save = sorted(set(lora.modules_to_save) - set(HEAD_NAMES))
         self.tokenizer = load_tokenizer(base_model, cache_dir)
         base = store_for_autocast(self.kind.pool_base(get_spec(base_model), max_labels, cache_dir).to(self.compute.device),
@@ -97,10 +97,10 @@ class AdapterPool:
         from_base = sorted(set(self.modules_to_save) - set(trained))
         config.modules_to_save = [*(config.modules_to_save or []), *from_base]
         weights = self.kind.pool_weights(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
-        for module in from_base:
-            wrapper = self.model.base_model.model.get_submodule(module)
-            weights.update({f"base_model.model.{module}.{key}": value.clone()
-                            for key, value in wrapper.original_module.state_dict().items()})
+        for path, wrapper in self.model.named_modules():  # peft names a module by the end of its path
+            if isinstance(wrapper, ModulesToSaveWrapper) and any(path == m or path.endswith(f".{m}") for m in from_base):
+                weights.update({f"{path}.{key}": value.clone()
+                                for key, value in wrapper.original_module.state_dict().items()})
         with self.lock:
             if name in self.meta:
                 raise AdapterLoadError(f"adapter name '{name}' is already in the pool")
