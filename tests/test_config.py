@@ -19,6 +19,21 @@ def test_defaults_record_demo_sizes():
     assert lora_settings_for("smollm2-135m", cfg.lora).target_modules == ["q_proj", "v_proj"]
 
 
+@pytest.mark.parametrize("modules_to_save, min_labels, n_labels, trained", [
+    (None, 4, None, ["classifier", "pooler.dense", "bag_of_words"]),  # a serving pool: every module any domain trains
+    (None, 4, 4, ["classifier", "pooler.dense", "bag_of_words"]),
+    (None, 4, 3, ["classifier", "pooler.dense"]),  # 2-3 labels (sentiment, mostly): no bag-of-words term
+    (None, 0, 2, ["classifier", "pooler.dense", "bag_of_words"]),
+    (["classifier"], 0, 20, ["classifier"]),  # never one the config leaves out
+])
+def test_a_domain_trains_the_bag_of_words_term_by_its_label_count(modules_to_save, min_labels, n_labels, trained):
+    from lora_pipeline.config import LoraSettings
+    from lora_pipeline.models.adapters import lora_settings_for
+
+    lora = LoraSettings(modules_to_save=modules_to_save, bag_of_words_min_labels=min_labels)
+    assert lora_settings_for("all-minilm-l6-v2", lora, n_labels).modules_to_save == trained
+
+
 @pytest.mark.parametrize(
     "override, path, expected",
     [

@@ -20,7 +20,7 @@ from lora_pipeline.errors import AdapterLoadError, NonFiniteOutputError
 from lora_pipeline.models import ModelKind, kind_named, kind_of
 from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.compute import autocast
-from lora_pipeline.models.encoder import EncoderClassifier
+from lora_pipeline.models.encoder import BAG_OF_WORDS, EncoderClassifier
 from lora_pipeline.models.prompting import PromptFormat
 
 ADAPTER_META = "adapter_meta.json"  # label order + base + max_length (+ prompt), saved beside peft's own files
@@ -47,12 +47,17 @@ class AdapterMeta:
         return cls(**json.loads((Path(adapter_dir) / ADAPTER_META).read_text()))
 
 
-def lora_settings_for(base_model: str, lora: LoraSettings) -> LoraSettings:
-    """``lora`` with null target_modules / modules_to_save filled in from the base's defaults."""
+def lora_settings_for(base_model: str, lora: LoraSettings, n_labels: int | None = None) -> LoraSettings:
+    """``lora`` with null target_modules / modules_to_save filled in from the base's defaults; for a domain of
+    ``n_labels`` labels, without the bag-of-words term below lora.bag_of_words_min_labels (None: every module
+    any domain may train, as a serving pool needs)."""
     spec = get_spec(base_model)
+    saved = list(lora.modules_to_save if lora.modules_to_save is not None else spec.modules_to_save)
+    if n_labels is not None and n_labels < lora.bag_of_words_min_labels:
+        saved = [module for module in saved if module != BAG_OF_WORDS]
     return lora.model_copy(update={
         "target_modules": list(lora.target_modules if lora.target_modules is not None else spec.lora_targets),
-        "modules_to_save": list(lora.modules_to_save if lora.modules_to_save is not None else spec.modules_to_save),
+        "modules_to_save": saved,
     })
 
 
@@ -62,7 +67,7 @@ def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cac
     trains."""
     kind = kind_of(base_model, task)
     base = kind.load_base(get_spec(base_model), labels, cache_dir, dropout=lora.base_dropout)
-    return get_peft_model(base, kind.lora_config(lora_settings_for(base_model, lora)))
+    return get_peft_model(base, kind.lora_config(lora_settings_for(base_model, lora, len(labels))))
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 # Head module names of transformers' sequence classifiers (BERT: classifier, decoder-only LMs: score).
 HEAD_NAMES = ("classifier", "score")
+BAG_OF_WORDS = "bag_of_words"  # the module name of the bag-of-words term (lora.modules_to_save)
 # Modules with one weight row per label: a serving pool zero-pads them to its shared width.
-PER_LABEL_MODULES = (*HEAD_NAMES, "bag_of_words")
+PER_LABEL_MODULES = (*HEAD_NAMES, BAG_OF_WORDS)
 
 
 class _EncodedTexts(torch.utils.data.Dataset):
@@ -103,8 +104,9 @@ class BertClassifier(BertForSequenceClassification):
 
     The bag-of-words term is what TF-IDF + logistic regression has and a pooled sentence vector blurs: the
     identity of the words. On forum posts and news TF-IDF beat the LoRA adapter where topic words decide the
-    label (README, Held-out). It starts at zero and trains only where ``bag_of_words`` is in
-    lora.modules_to_save (the default); otherwise it stays zero and the model is plain BERT's classifier. The
+    label (README, Held-out). It starts at zero and trains only where ``bag_of_words`` is in the domain's
+    lora.modules_to_save (by default: a domain of at least lora.bag_of_words_min_labels labels); otherwise it
+    stays zero and the model is plain BERT's classifier. The
     loss: unweighted cross-entropy (the Trainer's weighted one replaces it when classes are weighted)."""
 
     def __init__(self, config):
