@@ -30,7 +30,7 @@ def _adapter(root: Path, name: str, labels: list[str], seed: int, lora: LoraSett
     torch.manual_seed(seed)
     model = build_lora_model(BASE, labels, lora)
     for param_name, param in model.named_parameters():
-        if "lora_B" in param_name or ("bag_of_words.modules_to_save" in param_name):
+        if "lora_B" in param_name or "bag_of_words.modules_to_save" in param_name:
             torch.nn.init.normal_(param, std=0.05)
     return save_adapter(model, AdapterMeta(name, labels, BASE, 64), root / name)
 

@@ -165,3 +165,11 @@ def test_a_length_or_base_the_model_cannot_take_stops_before_any_data_is_read(ov
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         training_inputs(load_config(overrides=[override], env={}))
+
+
+@pytest.mark.parametrize("n_labels, trained", [(3, ["classifier", "pooler.dense"]),
+                                               (5, ["classifier", "pooler.dense", "bag_of_words"])])
+def test_a_domain_runs_params_name_the_modules_it_trained(n_labels, trained):
+    from lora_pipeline.registry.tracking import _flat_params
+
+    assert _flat_params(load_config(), n_labels)["lora.modules_to_save"] == trained

