@@ -136,9 +136,11 @@ def switching_batch(service):
                     rows = [(i, text) for i, (d, text) in enumerate(items) if d == domain]
                     adapter = served[domain]
                     pool.model.set_adapter(adapter.slot)
+                    meta = pool.meta[adapter.slot]
                     [(order, batch)] = padded_batches(pool.tokenizer, [t for _, t in rows],
-                                                      [pool.meta[adapter.slot].max_length] * len(rows), len(rows),
-                                                      model_device(pool.model))  # one forward per domain
+                                                      [meta.max_length] * len(rows), len(rows),
+                                                      model_device(pool.model),
+                                                      [meta.bag_of_words_reads] * len(rows))  # one forward per domain
                     logits = pool.model(**batch).logits[:, : len(adapter.labels)]
                     for j, k in zip(order, logits.argmax(-1).tolist()):
                         labels[rows[j][0]] = adapter.labels[k]
@@ -149,7 +151,7 @@ def switching_batch(service):
     return run
 
 
-def merged_batch(model, tokenizer, max_length, compute):
+def merged_batch(model, tokenizer, max_length, compute, term_reads: str):
     import torch
 
     from lora_pipeline.models.compute import autocast, model_device
@@ -159,7 +161,8 @@ def merged_batch(model, tokenizer, max_length, compute):
         predicted = [0] * len(items)
         with torch.inference_mode(), autocast(compute):
             for rows, batch in padded_batches(tokenizer, [text for _, text in items], [max_length] * len(items),
-                                              len(items), model_device(model)):  # as the pool cuts, one forward
+                                              len(items), model_device(model),
+                                              [term_reads] * len(items)):  # as the pool cuts, one forward
                 for i, k in zip(rows, model(**batch).logits.argmax(-1).tolist()):
                     predicted[i] = k
         return predicted
@@ -242,7 +245,8 @@ def measure_serving(cfg: PipelineConfig, texts: int, batch_size: int, repeats: i
     merged_model = store_for_autocast(merged.model.merge_and_unload().eval(), service.compute)
     modes = {"mixed": mixed_batch(service), "mixed_peft_loop": peft_loop_batch(service),
              "switching": switching_batch(service),
-             "merged": merged_batch(merged_model, merged.tokenizer, merged.meta.max_length, service.compute)}
+             "merged": merged_batch(merged_model, merged.tokenizer, merged.meta.max_length, service.compute,
+                                   merged.meta.bag_of_words_reads)}
     batch_stats = {}
     runner = asyncio.Runner()
 

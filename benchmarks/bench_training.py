@@ -134,6 +134,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
                   else resolve_max_length(tokenizer, splits, cfg.base).max_length)
     batch = tokenizer(train["text"].tolist(), truncation=True, max_length=max_length,
                       padding="max_length", return_tensors="pt")  # a fixed shape: the same work every step
+    # (No whole-text ids: an encoder's bag-of-words term counts these; counting is the same work at any idf.)
     batch["labels"] = torch.tensor([label_ids[label] for label in train["label"]])
     batch = {k: v.to(device) for k, v in batch.items()}
 

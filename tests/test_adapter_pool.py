@@ -12,11 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peft.utils import ModulesToSaveWrapper
+
+from safetensors.torch import load_file, save_file
 
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 from lora_pipeline.models.adapters import (CHECKSUMS, AdapterMeta, build_lora_model, load_adapter, save_adapter,
                                            write_checksums)
 from lora_pipeline.config import LoraSettings
+from lora_pipeline.models.encoder import BagOfWords, padded_batches
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 
 BASE = "all-minilm-l6-v2"
@@ -32,7 +36,24 @@ def _adapter(root: Path, name: str, labels: list[str], seed: int, lora: LoraSett
     for param_name, param in model.named_parameters():
         if "lora_B" in param_name or "bag_of_words.modules_to_save" in param_name:
             torch.nn.init.normal_(param, std=0.05)
+    for term in model.modules():
+        if isinstance(term, BagOfWords):  # each adapter's own idf, as from its own train split
+            term.idf.uniform_(0.5, 4.0)
     return save_adapter(model, AdapterMeta(name, labels, BASE, 64), root / name)
+
+
+def _saved_before_idf(root: Path, name: str, labels: list[str], seed: int) -> Path:
+    """An adapter as saved before the term had an idf and read whole texts: no idf in its file, and no
+    bag_of_words_reads in its meta."""
+    path = _adapter(root, name, labels, seed)
+    weights_file = path / "adapter_model.safetensors"
+    weights = load_file(weights_file)
+    save_file({k: v for k, v in weights.items() if not k.endswith("bag_of_words.idf")}, weights_file)
+    meta_file = path / "adapter_meta.json"
+    meta_file.write_text(json.dumps({k: v for k, v in json.loads(meta_file.read_text()).items()
+                                     if k != "bag_of_words_reads"}))
+    write_checksums(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +64,9 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
             "three": _adapter(root, "three", ["negative", "neutral", "positive"], 3),
             # only its head trained (no bag-of-words term, as before it existed; the base's pooler): served
             # with a zero term and the base's pooler, as it was trained
-            "head-only": _adapter(root, "head-only", ["x", "y", "z"], 5, LoraSettings(modules_to_save=["classifier"]))}
+            "head-only": _adapter(root, "head-only", ["x", "y", "z"], 5, LoraSettings(modules_to_save=["classifier"])),
+            # its term without an idf and on head+tail (saved before both): served as it was trained
+            "legacy": _saved_before_idf(root, "legacy", [f"d{i}" for i in range(4)], 6)}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +86,35 @@ def test_mixed_batch_rows_equal_each_adapter_alone(pool, adapters):
         assert got.shape == alone.shape  # cut back to the adapter's own labels
         np.testing.assert_allclose(got, alone, atol=1e-5)
     assert len({tuple(np.round(p, 3)) for p in mixed[:len(adapters)]}) == len(adapters)  # the adapters really differ
+
+
+def test_an_adapter_is_served_with_its_own_idf(pool, adapters):
+    """The idf each adapter saved is the one its rows use; one saved without an idf gets ones (no weighting)."""
+    for name in ("five", "legacy"):
+        saved = load_file(adapters[name] / "adapter_model.safetensors")
+        in_pool = [m.modules_to_save[name].idf for m in pool.model.modules()
+                   if isinstance(m, ModulesToSaveWrapper) and isinstance(m.original_module, BagOfWords)]
+        expected = [v for k, v in saved.items() if k.endswith("bag_of_words.idf")] or [torch.ones(len(in_pool[0]))]
+        assert len(in_pool) == 1 and torch.equal(in_pool[0], expected[0])
+    assert load_file(adapters["five"] / "adapter_model.safetensors")["base_model.model.bag_of_words.idf"].ne(1).all()
+
+
+def test_the_term_counts_what_it_counted_in_training(pool, adapters):
+    """A new adapter's term counts all of a long text; one saved before that, the head+tail its encoder reads."""
+    long_text = " ".join(TEXTS * 6)  # far over the adapters' 64 tokens
+    for name, reads in (("five", "all"), ("legacy", "head_tail")):
+        alone = load_adapter(adapters[name])
+        assert alone.meta.bag_of_words_reads == reads
+        [(_, batch)] = padded_batches(alone.tokenizer, [long_text], [64], 1, "cpu", [reads])
+        whole = len(alone.tokenizer(long_text).input_ids)
+        assert batch["bag_of_words_ids"].shape[1] == (64 if reads == "head_tail" else whole) and whole > 64
+        read = {k: v for k, v in batch.items() if "bag_of_words" not in k}  # what the encoder reads
+        with torch.no_grad():
+            expected = torch.softmax(alone.model(**batch).logits[0], -1).numpy()
+            cut_only = torch.softmax(alone.model(**read).logits[0], -1).numpy()
+        assert np.allclose(expected, cut_only, atol=1e-6) == (reads == "head_tail")
+        np.testing.assert_allclose(alone.predict_proba([long_text])[0], expected, atol=1e-5)
+        np.testing.assert_allclose(pool.predict_proba([PoolRequest(name, long_text)])[0], expected, atol=1e-5)
 
 
 def test_removed_adapter_is_gone_and_others_unaffected(pool, adapters):

@@ -35,8 +35,10 @@ from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter, build_lora
 from lora_pipeline.errors import ConfigError
 from lora_pipeline.models.bases import BASE_MODELS, load_tokenizer
 from lora_pipeline.models.compute import choose_compute, cpu_bf16, model_device, training_attention
-from lora_pipeline.models.encoder import BAG_OF_WORDS_SCALE, bag_of_words_features
+from lora_pipeline.models.encoder import (BAG_OF_WORDS_SCALE, BagOfWords, inverse_document_frequency, padded_batches,
+                                          token_counts)
 from lora_pipeline.models.prompting import IGNORE
+from lora_pipeline.models.text_length import head_tail
 from lora_pipeline.provenance import training_inputs
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
 from lora_pipeline.serving.batching import MicroBatcher
@@ -192,7 +194,7 @@ def _is_adapter_param(name: str) -> bool:
 
 
 @pytest.mark.parametrize("case", CASES, **by_id)
-def test_training_moves_only_lora_and_saved_modules(case, trained):
+def test_training_moves_only_lora_and_saved_modules(case, trained, splits):
     run = trained(case)
     trainable = {name for name, (_, grad) in run.before.items() if grad}
     assert trainable == {name for name in run.before if _is_adapter_param(name)}
@@ -209,22 +211,52 @@ def test_training_moves_only_lora_and_saved_modules(case, trained):
     assert len(bag_of_words) == (case.kind != "causal" and len(case.labels) >= 4)
     for name in bag_of_words:
         assert not run.before[name][0].any() and after[name].any()
+    if bag_of_words:  # its idf: the train split's, saved with the adapter (and none where the term is not trained)
+        texts = splits[case.domain].read("train")["text"].tolist()
+        train_ids = load_tokenizer(case.base)(texts).input_ids  # the whole texts: what the term reads
+        idf = inverse_document_frequency(train_ids, run.model.config.vocab_size)
+        assert idf.ne(1).any()
+        saved = load_file(Path(run.result.adapter_dir) / "adapter_model.safetensors")
+        assert [torch.equal(v, idf) for k, v in saved.items() if k.endswith("bag_of_words.idf")] == [True]
+    else:
+        saved = load_file(Path(run.result.adapter_dir) / "adapter_model.safetensors")
+        assert not any(k.endswith(".idf") for k in saved)
 
 
-def test_bag_of_words_features_count_each_rows_real_tokens():
-    """log(1 + count) per vocabulary entry, L2-normalised and scaled; padding is not a token of the text, so
-    a row's features do not depend on its batch."""
+def test_token_counts_count_each_rows_real_tokens():
+    """Padding is not a token of the text, so a row's counts do not depend on its batch."""
     ids = torch.tensor([[5, 7, 7, 0, 0], [7, 5, 7, 9, 9]])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    features = bag_of_words_features(ids, mask, vocab_size=10)
-    first = torch.zeros(10)
-    first[5], first[7] = np.log(2), np.log(3)
-    second = torch.zeros(10)
-    second[5], second[7], second[9] = np.log(2), np.log(3), np.log(3)
-    for row, expected in zip(features, (first, second)):
-        torch.testing.assert_close(row, BAG_OF_WORDS_SCALE * expected / expected.norm())
-    unpadded = bag_of_words_features(ids[:1, :3], mask[:1, :3], vocab_size=10)
-    torch.testing.assert_close(unpadded[0], features[0])
+    counts = token_counts(ids, mask, vocab_size=10)
+    assert counts[0].tolist() == [0, 0, 0, 0, 0, 1, 0, 2, 0, 0]
+    assert counts[1].tolist() == [0, 0, 0, 0, 0, 1, 0, 2, 0, 2]
+    torch.testing.assert_close(token_counts(ids[:1, :3], mask[:1, :3], vocab_size=10)[0], counts[0])
+
+
+def test_bag_of_words_term_is_tfidf_features_then_a_linear_map():
+    """log(1 + count) x idf, L2-normalised, scaled, times the weights; a token of idf 0 (in no train text) is
+    left out, so it does not shrink the others."""
+    term = BagOfWords(vocab_size=4, num_labels=2)
+    with torch.no_grad():
+        term.weight.copy_(torch.tensor([[1.0, -1.0, 0.5, 2.0], [0.0, 1.0, -2.0, 3.0]]))
+        term.idf.copy_(torch.tensor([1.0, 2.0, 1.5, 0.0]))
+    counts = torch.tensor([[1.0, 3.0, 0.0, 0.0], [1.0, 3.0, 0.0, 5.0]])
+    tfidf = torch.log1p(counts[0]) * term.idf
+    expected = BAG_OF_WORDS_SCALE * tfidf / tfidf.norm() @ term.weight.T
+    out = term(counts)
+    torch.testing.assert_close(out[0], expected)
+    torch.testing.assert_close(out[1], expected)  # the unseen token 3 changes nothing
+
+
+def test_idf_is_scikit_learns_smooth_idf_and_zero_for_unseen_tokens():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = [[1, 2, 2, 3], [2, 4], [1, 2, 5, 5]]
+    idf = inverse_document_frequency(docs, vocab_size=8)
+    vectorizer = TfidfVectorizer(analyzer=lambda doc: doc).fit(docs)  # the token ids are the terms
+    for token, column in vectorizer.vocabulary_.items():
+        assert idf[token].item() == pytest.approx(vectorizer.idf_[column], rel=1e-6)
+    assert idf[[0, 6, 7]].tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize("base", [TINY_ENCODER, TINY_SENTENCE_ENCODER])
@@ -232,7 +264,27 @@ def test_a_fresh_bag_of_words_term_adds_nothing(base, tiny_bases):
     """Zero until trained, whatever transformers' initialisation does to new weights: an adapter saved without
     the term (lora.modules_to_save without bag_of_words) predicts as the head alone."""
     model = KINDS[tiny_bases[base].kind].load_base(tiny_bases[base], ["a", "b", "c"], None)
-    assert not model.bag_of_words.weight.any()
+    assert not model.bag_of_words.weight.any() and model.bag_of_words.idf.eq(1).all()
+
+
+@pytest.mark.parametrize("base", [TINY_ENCODER, TINY_SENTENCE_ENCODER])
+def test_the_bag_of_words_term_reads_the_whole_text_the_encoder_its_head_and_tail(base, tiny_bases):
+    model = KINDS[tiny_bases[base].kind].load_base(tiny_bases[base], ["a", "b", "c"], None).eval()
+    torch.nn.init.normal_(model.bag_of_words.weight, std=0.5)
+    tokenizer = load_tokenizer(base)
+    text = " ".join(["one of many words in a long text"] * 8)
+    [(_, batch)] = padded_batches(tokenizer, [text], [MAX_LENGTH], batch_size=1, device="cpu", term_reads=["all"])
+    assert batch["input_ids"][0].tolist() == head_tail(tokenizer(text).input_ids, MAX_LENGTH)
+    assert batch["bag_of_words_ids"][0].tolist() == tokenizer(text).input_ids  # all of it
+    read = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+    def term(ids):
+        return model.bag_of_words(token_counts(ids, torch.ones_like(ids), model.config.vocab_size))
+
+    with torch.no_grad():
+        expected = model(**read).logits - term(batch["input_ids"]) + term(batch["bag_of_words_ids"])
+        torch.testing.assert_close(model(**batch).logits, expected)
+        assert not torch.allclose(term(batch["input_ids"]), term(batch["bag_of_words_ids"]))
 
 
 # --- 3. the causal kind's loss sees only the answer -----------------------------------------------

@@ -76,6 +76,10 @@ def test_head_tail_truncation_keeps_both_ends():
     [encoded] = encode_head_tail(WordTokenizer(), [" ".join("w" * (i % 7 + 1) for i in range(60))], 20)
     assert encoded["input_ids"][0] == 101 and encoded["input_ids"][-1] == 102
     assert len(encoded["input_ids"]) == len(encoded["attention_mask"]) == 20
+    [with_full] = encode_head_tail(WordTokenizer(), [" ".join("w" * (i % 7 + 1) for i in range(60))], 20, "all_ids")
+    assert with_full["input_ids"] == encoded["input_ids"] and len(with_full["all_ids"]) == 62  # 60 words + 2 specials
+    assert with_full["all_ids"][:5] == encoded["input_ids"][:5]
+    assert with_full["all_ids"][-15:] == encoded["input_ids"][-15:]
     text = truncate_text(WordTokenizer(), " ".join("w" * (i % 5 + 1) for i in range(50)), 12)
     assert text.startswith("w ww www") and " ... " in text and text.endswith("wwww wwwww")
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper, set_peft_model_state_dict
+from safetensors.torch import load_file
 
 from lora_pipeline.config import Compute, LoraSettings
 from lora_pipeline.errors import AdapterLoadError, NonFiniteOutputError
@@ -35,6 +37,9 @@ class AdapterMeta:
     kind: str = EncoderClassifier.name  # a key of lora_pipeline.models.KINDS (metas before kinds: encoders)
     instruction: str = ""  # prompted kinds: the prompt's first line, as trained
     max_new_tokens: int = 0  # generation kinds: tokens written per text by default (0: the kind's default)
+    # What an encoder's bag-of-words term counts: 'all' of a text's tokens, or the 'head_tail' the encoder reads
+    # (what adapters saved before the term read whole texts, 2026-12-07, counted: see load).
+    bag_of_words_reads: str = "all"
 
     def prompt_format(self) -> PromptFormat:
         return PromptFormat(self.instruction, list(self.labels), self.max_length)
@@ -44,7 +49,8 @@ class AdapterMeta:
 
     @classmethod
     def load(cls, adapter_dir: str | Path) -> AdapterMeta:
-        return cls(**json.loads((Path(adapter_dir) / ADAPTER_META).read_text()))
+        saved = json.loads((Path(adapter_dir) / ADAPTER_META).read_text())
+        return cls(**{"bag_of_words_reads": "head_tail", **saved})  # saved without one: it counted head+tail
 
 
 def lora_settings_for(base_model: str, lora: LoraSettings, n_labels: int | None = None) -> LoraSettings:
@@ -163,6 +169,36 @@ class LoadedAdapter:
             return self.kind.predict(self, list(texts), batch_size)
 
 
+WEIGHTS_FILE = "adapter_model.safetensors"  # the only weights file read: never unpickle a .bin from a registry
+
+
+def saved_weights(model: PeftModel, adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+    """An adapter's saved weights (safetensors), keyed as peft saves them, plus each buffer of ``model``'s fully
+    trained modules that the file lacks, from the base's module: a buffer added after the adapter was saved (the
+    bag-of-words term's idf) keeps the value that adapter was trained with."""
+    path = Path(adapter_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise AdapterLoadError(f"{adapter_dir}: no {WEIGHTS_FILE} (only safetensors weights are loaded)")
+    weights = load_file(path)
+    for name, wrapper in model.named_modules():
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            buffers = {key for key, _ in wrapper.original_module.named_buffers()}
+            weights.update({f"{name}.{key}": value.clone()
+                            for key, value in wrapper.original_module.state_dict().items()
+                            if key in buffers and f"{name}.{key}" not in weights})
+    return weights
+
+
+def load_weights(model: PeftModel, weights: dict[str, torch.Tensor], adapter_name: str, source: str | Path) -> None:
+    """Load ``weights`` into ``model``'s adapter ``adapter_name``; every weight of that adapter must be given and
+    nothing else (peft itself only warns)."""
+    result = set_peft_model_state_dict(model, weights, adapter_name=adapter_name)
+    missing = [k for k in result.missing_keys if f".{adapter_name}." in k or k.endswith(f".{adapter_name}")]
+    if result.unexpected_keys or missing:
+        raise AdapterLoadError(f"{source}: weights do not fit the base "
+                               f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
+
+
 def load_adapter(adapter_dir: str | Path, cache_dir: str | None = None, compute: Compute | None = None) -> LoadedAdapter:
     """Base (from its package) + adapter weights (safetensors) in eval mode, on ``compute``'s device
     (default: fp32 on the CPU, which every machine has)."""
@@ -170,6 +206,9 @@ def load_adapter(adapter_dir: str | Path, cache_dir: str | None = None, compute:
     verify_checksums(adapter_dir)
     meta = AdapterMeta.load(adapter_dir)
     base = kind_named(meta.kind).load_base(get_spec(meta.base_model), meta.labels, cache_dir)
-    model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True).to(compute.device)
-    model.eval()
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    config.inference_mode = True
+    model = get_peft_model(base, config)
+    load_weights(model, saved_weights(model, adapter_dir), "default", adapter_dir)
+    model = model.to(compute.device).eval()
     return LoadedAdapter(meta=meta, model=model, tokenizer=load_tokenizer(meta.base_model, cache_dir), compute=compute)

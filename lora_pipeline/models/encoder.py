@@ -3,16 +3,17 @@
 The two differ only in what the head reads. ``encoder``: BERT's pooler (dense + tanh) on the [CLS] state.
 ``sentence-encoder``: the same pooler layer on the mask-weighted mean of the last hidden states, which is
 how a sentence encoder such as all-MiniLM-L6-v2 was trained to represent a text (its [CLS] state never was).
-Both add a bag-of-words term to the head's logits (a linear map from the text's token counts). Training:
-LoRA on the attention projections; the new head, the pooler's dense layer and the bag-of-words term trained
-in full; the best checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the
-mean-pooled text embedding to an embedding of each label's description. Serving: every adapter's head and
+Both add a bag-of-words term to the head's logits (a linear map from the TF-IDF vector of all the text's
+tokens). Training: LoRA on the attention projections; the new head, the pooler's dense layer and the
+bag-of-words term trained in full; the best checkpoint by validation macro-F1. Zero-shot baseline: cosine
+similarity of the mean-pooled text embedding to an embedding of each label's description. Serving: every adapter's head and
 bag-of-words term are zero-padded to one shared width, and each row's logits are cut back to its own labels
 before the softmax.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
@@ -20,8 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 from peft import TaskType
-from transformers import (AutoConfig, AutoModel, BatchEncoding,
-                          BertForSequenceClassification, DataCollatorWithPadding)
+from transformers import AutoConfig, AutoModel, BatchEncoding, BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from lora_pipeline.models.bases import LOAD_LOCK, base_model_path, load_tokenizer
@@ -40,9 +40,28 @@ BAG_OF_WORDS = "bag_of_words"  # the module name of the bag-of-words term (lora.
 PER_LABEL_MODULES = (*HEAD_NAMES, BAG_OF_WORDS)
 
 
+# The bag-of-words term reads all of a text's tokens, not only the head+tail the encoder attends to: counting
+# them costs next to nothing at any length, and TF-IDF, the baseline, reads the whole text too.
+BAG_OF_WORDS_IDS = "bag_of_words_ids"
+BAG_OF_WORDS_MASK = "bag_of_words_mask"
+
+
+def pad_batch(tokenizer, features: list[dict]) -> BatchEncoding:
+    """One batch of encoded texts, padded: the cut ids (and labels, if any) by the tokenizer; the texts' full
+    ids, where ``features`` have them, to their own longest, with a mask of their own."""
+    batch = tokenizer.pad([{k: v for k, v in f.items() if k != BAG_OF_WORDS_IDS} for f in features],
+                          return_tensors="pt")
+    if features and BAG_OF_WORDS_IDS in features[0]:
+        full = [f[BAG_OF_WORDS_IDS] for f in features]
+        width = max(len(ids) for ids in full)
+        batch[BAG_OF_WORDS_IDS] = torch.tensor([ids + [0] * (width - len(ids)) for ids in full])
+        batch[BAG_OF_WORDS_MASK] = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in full])
+    return batch
+
+
 class _EncodedTexts(torch.utils.data.Dataset):
     def __init__(self, tokenizer, texts: list[str], labels: list[int], max_length: int):
-        self.features = encode_head_tail(tokenizer, texts, max_length)
+        self.features = encode_head_tail(tokenizer, texts, max_length, full_ids_key=BAG_OF_WORDS_IDS)
         self.labels = labels
 
     def __len__(self) -> int:
@@ -52,20 +71,25 @@ class _EncodedTexts(torch.utils.data.Dataset):
         return {**self.features[i], "labels": self.labels[i]}
 
 
-def padded_batches(tokenizer, texts: list[str], max_lengths: list[int], batch_size: int,
-                   device) -> Iterator[tuple[list[int], BatchEncoding]]:
+def padded_batches(tokenizer, texts: list[str], max_lengths: list[int], batch_size: int, device,
+                   term_reads: list[str] | None = None) -> Iterator[tuple[list[int], BatchEncoding]]:
     """(row indices, their padded batch on ``device``). Each text is cut head+tail at its own adapter's
     max_length (as in training); rows of similar length share a batch (shortest first), so a batch pads
-    to its own longest row instead of the longest row of the whole request."""
+    to its own longest row instead of the longest row of the whole request. ``term_reads``: per row, what its
+    adapter's bag-of-words term counts (AdapterMeta.bag_of_words_reads: 'all' of the text, or the 'head_tail'
+    the encoder reads); None: no ids for a term (a bare encoder takes none)."""
     features: list[dict] = [{}] * len(texts)
-    for max_length in set(max_lengths):
-        rows = [i for i, m in enumerate(max_lengths) if m == max_length]
-        for i, encoded in zip(rows, encode_head_tail(tokenizer, [texts[i] for i in rows], max_length)):
-            features[i] = encoded
+    reads = term_reads or [None] * len(texts)
+    for max_length, read in set(zip(max_lengths, reads)):
+        rows = [i for i, key in enumerate(zip(max_lengths, reads)) if key == (max_length, read)]
+        encoded = encode_head_tail(tokenizer, [texts[i] for i in rows], max_length,
+                                   full_ids_key=BAG_OF_WORDS_IDS if read == "all" else None)
+        for i, row in zip(rows, encoded):
+            features[i] = row if read != "head_tail" else {**row, BAG_OF_WORDS_IDS: row["input_ids"]}
     order = sorted(range(len(texts)), key=lambda i: len(features[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        yield rows, tokenizer.pad([features[i] for i in rows], return_tensors="pt").to(device)
+        yield rows, pad_batch(tokenizer, [features[i] for i in rows]).to(device)
 
 
 def describe_label(label: str, descriptions: dict[str, str], template: str) -> str:
@@ -90,17 +114,41 @@ def _masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
 BAG_OF_WORDS_SCALE = 30.0
 
 
-def bag_of_words_features(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Each row's (unpadded) tokens as a vector over the vocabulary: log(1 + count), L2-normalised (TF-IDF's
-    sublinear tf and norm, without the idf: the weights learn which tokens matter), times BAG_OF_WORDS_SCALE."""
+def token_counts(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Each row's (unpadded) tokens as counts over the vocabulary."""
     counts = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
-    counts.scatter_add_(1, input_ids, attention_mask.to(counts.dtype))
-    return BAG_OF_WORDS_SCALE * torch.nn.functional.normalize(torch.log1p(counts), dim=-1)
+    return counts.scatter_add_(1, input_ids, attention_mask.to(counts.dtype))
+
+
+def inverse_document_frequency(token_ids: list[list[int]], vocab_size: int) -> torch.Tensor:
+    """scikit-learn's smooth idf, ln((1 + n) / (1 + df)) + 1, of each token over ``token_ids`` (a domain's train
+    texts); 0 for a token no train text has, which (as TF-IDF's vocabulary does) leaves it out of the norm."""
+    df = torch.zeros(vocab_size)
+    for ids in token_ids:
+        df[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+    idf = torch.log((1 + len(token_ids)) / (1 + df)) + 1
+    return torch.where(df > 0, idf, torch.zeros_like(idf))
+
+
+class BagOfWords(torch.nn.Linear):
+    """The bag-of-words term: token counts -> log(1 + count) x idf, L2-normalised (TF-IDF's sublinear tf, idf and
+    norm), times BAG_OF_WORDS_SCALE -> a linear map to the labels' logits. ``idf`` is set from the domain's train
+    split before training and saved with the adapter; its initial ones (no weighting) are what an adapter saved
+    without one was trained with. A Linear, so that peft routes it per row in a mixed-adapter batch."""
+
+    def __init__(self, vocab_size: int, num_labels: int):
+        super().__init__(vocab_size, num_labels, bias=False)
+        self.register_buffer("idf", torch.ones(vocab_size))
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        features = torch.nn.functional.normalize(torch.log1p(counts) * self.idf, dim=-1)
+        return super().forward(BAG_OF_WORDS_SCALE * features)
 
 
 class BertClassifier(BertForSequenceClassification):
     """BERT with a classification head on BERT's pooler (dense + tanh on the [CLS] state), plus a bag-of-words
-    term: a linear map from the text's token counts to the logits, added to the head's.
+    term (:class:`BagOfWords`): a linear map from the TF-IDF vector of the text's tokens, all of them, not only
+    the head+tail the encoder reads, to the logits, added to the head's.
 
     The bag-of-words term is what TF-IDF + logistic regression has and a pooled sentence vector blurs: the
     identity of the words. On forum posts and news TF-IDF beat the LoRA adapter where topic words decide the
@@ -111,12 +159,13 @@ class BertClassifier(BertForSequenceClassification):
 
     def __init__(self, config):
         super().__init__(config)
-        self.bag_of_words = torch.nn.Linear(config.vocab_size, config.num_labels, bias=False)
+        self.bag_of_words = BagOfWords(config.vocab_size, config.num_labels)
         self.post_init()
 
     def _init_weights(self, module):
         if module is getattr(self, "bag_of_words", None):
             torch.nn.init.zeros_(module.weight)  # no term until trained: a fresh one must not add noise
+            torch.nn.init.ones_(module.idf)
         else:
             super()._init_weights(module)
 
@@ -124,15 +173,22 @@ class BertClassifier(BertForSequenceClassification):
         return outputs.pooler_output
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, **kwargs) -> SequenceClassifierOutput:
+                inputs_embeds=None, labels=None, bag_of_words_ids=None, bag_of_words_mask=None,
+                **kwargs) -> SequenceClassifierOutput:
+        """``bag_of_words_ids`` / ``_mask``: all of each text's tokens, for the bag-of-words term (default: the
+        tokens the encoder reads, ``input_ids``)."""
         kwargs.pop("return_dict", None)  # peft passes it; the output is always a ModelOutput
         outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                             position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs)
         if attention_mask is None:
             attention_mask = torch.ones(outputs.last_hidden_state.shape[:2], device=outputs.last_hidden_state.device)
         logits = self.classifier(self.dropout(self.pooled(outputs, attention_mask)))
-        if input_ids is not None:
-            counts = bag_of_words_features(input_ids, attention_mask, self.config.vocab_size)
+        if bag_of_words_ids is None:
+            bag_of_words_ids, bag_of_words_mask = input_ids, attention_mask
+        if bag_of_words_ids is not None:
+            if bag_of_words_mask is None:
+                bag_of_words_mask = torch.ones_like(bag_of_words_ids)
+            counts = token_counts(bag_of_words_ids, bag_of_words_mask, self.config.vocab_size)
             logits = logits + self.bag_of_words(counts)
         loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels.view(-1))
         return SequenceClassifierOutput(loss=loss, logits=logits)
@@ -196,7 +252,16 @@ class EncoderClassifier(ModelKind):
             df = splits.read(split)
             return _EncodedTexts(tokenizer, df["text"].tolist(), [label_ids[x] for x in df["label"]], max_length)
 
-        return encoded("train"), encoded("val"), DataCollatorWithPadding(tokenizer)  # dynamic padding
+        return encoded("train"), encoded("val"), functools.partial(pad_batch, tokenizer)  # dynamic padding
+
+    def fit_to_train_data(self, model, train_dataset):
+        """The bag-of-words term's idf, from the train split's tokens (as TF-IDF's is from the same rows)."""
+        terms = [m for m in model.modules() if isinstance(m, BagOfWords)]
+        if terms:
+            idf = inverse_document_frequency([f[BAG_OF_WORDS_IDS] for f in train_dataset.features],
+                                             terms[0].in_features)
+            for term in terms:  # the trained copy and the base's own (which stays zero-weighted)
+                term.idf.copy_(idf)
 
     def compute_metrics(self, labels):
         from lora_pipeline.evaluation.metrics import classification_metrics  # training only: not in a server
@@ -226,8 +291,8 @@ class EncoderClassifier(ModelKind):
     def predict_proba(self, model, tokenizer, texts, metas: list[AdapterMeta], batch_size, adapter_names=None):
         model.eval()
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
-        max_lengths = [m.max_length for m in metas]
-        for rows, batch in padded_batches(tokenizer, texts, max_lengths, batch_size, model_device(model)):
+        max_lengths, term_reads = [m.max_length for m in metas], [m.bag_of_words_reads for m in metas]
+        for rows, batch in padded_batches(tokenizer, texts, max_lengths, batch_size, model_device(model), term_reads):
             routing = {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names else {}
             logits = model(**batch, **routing).logits.float().cpu()
             for i, row in zip(rows, logits):

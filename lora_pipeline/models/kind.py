@@ -59,7 +59,11 @@ class ModelKind(ABC):
     def training_data(self, tokenizer: PreTrainedTokenizerBase, splits: DomainSplits, max_length: int,
                       instruction: str | None, max_answer_tokens: int | None = None) -> tuple[Any, Any, Callable]:
         """(train dataset, validation dataset, collator) for the HF Trainer; texts cut head+tail to ``max_length``
-        (``max_answer_tokens``: generation targets cut to this)."""
+        (an encoder's bag-of-words term also gets them whole; ``max_answer_tokens``: generation targets cut to
+        this)."""
+
+    def fit_to_train_data(self, model: torch.nn.Module, train_dataset: Any) -> None:
+        """Set what ``model`` takes from its domain's train split before training (by default: nothing)."""
 
     def loss_function(self, class_weights: list[float] | None, tokenizer: PreTrainedTokenizerBase,
                       labels: list[str]) -> Callable | None:

@@ -51,11 +51,17 @@ def head_tail(ids: list, max_length: int) -> list:
     return head + tail
 
 
-def encode_head_tail(tokenizer, texts: list[str], max_length: int) -> list[dict[str, list[int]]]:
-    """Each text tokenized (special tokens included) and cut head+tail to ``max_length``, unpadded."""
+def encode_head_tail(tokenizer, texts: list[str], max_length: int,
+                     full_ids_key: str | None = None) -> list[dict[str, list[int]]]:
+    """Each text tokenized (special tokens included) and cut head+tail to ``max_length``, unpadded; with
+    ``full_ids_key``, also all of its token ids, uncut, under that key."""
     encoded = tokenizer(list(texts), truncation=False, verbose=False)
     keys = list(encoded.keys())
-    return [{k: head_tail(encoded[k][i], max_length) for k in keys} for i in range(len(texts))]
+    cut = [{k: head_tail(encoded[k][i], max_length) for k in keys} for i in range(len(texts))]
+    if full_ids_key:
+        for row, ids in zip(cut, encoded["input_ids"]):
+            row[full_ids_key] = ids
+    return cut
 
 
 def truncate_text(tokenizer, text: str, max_tokens: int) -> str:

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
-from peft.utils import ModulesToSaveWrapper, load_peft_weights, set_peft_model_state_dict
+from peft.utils import ModulesToSaveWrapper
 
 from lora_pipeline.config import Compute, LoraSettings
 from lora_pipeline.errors import AdapterLoadError, ConfigError
 from lora_pipeline.models import kind_named, kind_of
-from lora_pipeline.models.adapters import AdapterMeta, finite_or_raise, lora_settings_for, verify_checksums
+from lora_pipeline.models.adapters import (AdapterMeta, finite_or_raise, load_weights, lora_settings_for, saved_weights,
+                                           verify_checksums)
 from lora_pipeline.models.bases import get_spec, load_tokenizer
 from lora_pipeline.models.compute import autocast, store_for_autocast
 from lora_pipeline.models.encoder import HEAD_NAMES
@@ -83,8 +84,6 @@ class AdapterPool:
             raise AdapterLoadError(f"{adapter_dir}: a {meta.kind} adapter cannot join a {self.kind.name} pool")
         if len(meta.labels) > self.max_labels:
             raise AdapterLoadError(f"{adapter_dir}: {len(meta.labels)} labels, more than api.max_labels={self.max_labels}")
-        if not (adapter_dir / "adapter_model.safetensors").is_file():  # never unpickle a .bin from a registry
-            raise AdapterLoadError(f"{adapter_dir}: no adapter_model.safetensors (only safetensors weights are loaded)")
         config = PeftConfig.from_pretrained(str(adapter_dir))
         # peft routes a row through a fully-trained module only if the row's adapter has its own copy of it.
         # An adapter that trained a module this server does not route could not be served as trained. One that
@@ -96,7 +95,7 @@ class AdapterPool:
                                    f"lora.modules_to_save {self.modules_to_save}; retrain it with the server's config")
         from_base = sorted(set(self.modules_to_save) - set(trained))
         config.modules_to_save = [*(config.modules_to_save or []), *from_base]
-        weights = self.kind.pool_weights(load_peft_weights(str(adapter_dir)), len(meta.labels), self.max_labels)
+        weights = self.kind.pool_weights(saved_weights(self.model, adapter_dir), len(meta.labels), self.max_labels)
         for path, wrapper in self.model.named_modules():  # peft names a module by the end of its path
             if isinstance(wrapper, ModulesToSaveWrapper) and any(path == m or path.endswith(f".{m}")
                                                                  for m in from_base):
@@ -107,11 +106,7 @@ class AdapterPool:
                 raise AdapterLoadError(f"adapter name '{name}' is already in the pool")
             try:
                 self.model.add_adapter(name, config)
-                result = set_peft_model_state_dict(self.model, weights, adapter_name=name)
-                missing = [k for k in result.missing_keys if f".{name}." in k or k.endswith(f".{name}")]
-                if result.unexpected_keys or missing:
-                    raise AdapterLoadError(f"{adapter_dir}: weights do not fit the base "
-                                           f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
+                load_weights(self.model, weights, name, adapter_dir)
             except Exception:
                 if name in self.model.peft_config:
                     self.model.delete_adapter(name)

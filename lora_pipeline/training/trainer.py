@@ -200,6 +200,7 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
     train_ds, val_ds, collator = kind.training_data(
         tokenizer, splits, max_length, inputs.instruction_for(splits.domain),
         max_answer_tokens=inputs.generation.max_target_tokens if inputs.generation else None)
+    kind.fit_to_train_data(model, train_ds)
     total_steps, eval_every = _schedule(len(train_ds), train)
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
