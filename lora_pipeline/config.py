@@ -354,7 +354,7 @@ class ApiConfig(_Section):
     host: str = Field("127.0.0.1", description="Interface `lora-pipeline serve` binds to (loopback by default).")
     port: int = Field(8000, ge=1, le=65535, description="Port of the prediction API.")
     max_texts_per_request: int = Field(64, ge=1, description="More texts in one /predict request is a 422.")
-    max_text_chars: int = Field(2000, ge=1, description="A longer text is a 422 (bounds the work per request).")
+    max_text_chars: int = Field(20000, ge=1, description="A longer text is a 422 (bounds the work per request).")
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="A request body larger than this is a 413, refused before it is read whole.")
     max_batch_size: int = Field(32, ge=1, description="Texts per forward pass; concurrent requests are batched up to this.")
