@@ -186,7 +186,10 @@ def latency_http(cfg: PipelineConfig, items, samples: int) -> dict[str, float]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     overrides = [f"runtime.project_dir={cfg.project_dir}", "api.poll_interval_s=0", f"api.port={port}",
-                 f"runtime.device={cfg.runtime.device}", f"runtime.precision={cfg.runtime.precision}"]
+                 f"runtime.device={cfg.runtime.device}", f"runtime.precision={cfg.runtime.precision}",
+                 # the data whose champions are served (their registered names come from it)
+                 *([f"data.path={cfg.data.path}"] if cfg.data.path else []),
+                 *([f"data.name={cfg.data.name}"] if cfg.data.name else [])]
     server = subprocess.Popen([sys.executable, "-m", "lora_pipeline.cli", "serve",
                                *[x for o in overrides for x in ("--set", o)]],
                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
