@@ -37,8 +37,8 @@ class AdapterMeta:
     kind: str = EncoderClassifier.name  # a key of lora_pipeline.models.KINDS (metas before kinds: encoders)
     instruction: str = ""  # prompted kinds: the prompt's first line, as trained
     max_new_tokens: int = 0  # generation kinds: tokens written per text by default (0: the kind's default)
-    # What an encoder's bag-of-words term counts: 'all' of a text's tokens, or the 'head_tail' the encoder reads
-    # (what adapters saved before the term read whole texts, 2026-12-07, counted: see load).
+    # What an encoder's bag-of-words term counts: 'all' of a text's tokens, or the 'head_tail' the encoder reads.
+    # A meta saved without this key (before 1e61d1d) counted head_tail: see load.
     bag_of_words_reads: str = "all"
 
     def prompt_format(self) -> PromptFormat:

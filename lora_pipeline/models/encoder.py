@@ -6,9 +6,9 @@ how a sentence encoder such as all-MiniLM-L6-v2 was trained to represent a text 
 Both add a bag-of-words term to the head's logits (a linear map from the TF-IDF vector of all the text's
 tokens). Training: LoRA on the attention projections; the new head, the pooler's dense layer and the
 bag-of-words term trained in full; the best checkpoint by validation macro-F1. Zero-shot baseline: cosine
-similarity of the mean-pooled text embedding to an embedding of each label's description. Serving: every adapter's head and
-bag-of-words term are zero-padded to one shared width, and each row's logits are cut back to its own labels
-before the softmax.
+similarity of the mean-pooled text embedding to an embedding of each label's description. Serving: every
+adapter's head and bag-of-words term are zero-padded to one shared width, and each row's logits are cut
+back to its own labels before the softmax.
 """
 
 from __future__ import annotations
