@@ -28,15 +28,15 @@ from transformers import TrainerCallback
 
 from safetensors.torch import load_file
 
-from lora_pipeline.config import Compute, DataConfig, LoraSettings, SplitConfig, load_config
+from lora_pipeline.config import Compute, DataConfig, LoraSettings, SplitConfig, TrainConfig, load_config
 from lora_pipeline.data.prepare import prepare_data
 from lora_pipeline.models import KINDS, kind_of
 from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter, build_lora_model, load_adapter, save_adapter
 from lora_pipeline.errors import ConfigError
 from lora_pipeline.models.bases import BASE_MODELS, load_tokenizer
 from lora_pipeline.models.compute import choose_compute, cpu_bf16, model_device, training_attention
-from lora_pipeline.models.encoder import (BAG_OF_WORDS_SCALE, BagOfWords, inverse_document_frequency, padded_batches,
-                                          token_counts)
+from lora_pipeline.models.encoder import (BAG_OF_WORDS_SCALE, BagOfWords, classifier_loss, inverse_document_frequency,
+                                          padded_batches, token_counts)
 from lora_pipeline.models.prompting import IGNORE
 from lora_pipeline.models.text_length import head_tail
 from lora_pipeline.provenance import training_inputs
@@ -287,6 +287,40 @@ def test_the_bag_of_words_term_reads_the_whole_text_the_encoder_its_head_and_tai
         assert not torch.allclose(term(batch["input_ids"]), term(batch["bag_of_words_ids"]))
 
 
+def _ce(logits, labels, weight=None):
+    return torch.nn.functional.cross_entropy(logits, labels, weight=weight).item()
+
+
+HEAD = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.3, -0.2], [-1.0, 0.0, 1.5]])
+TERM = torch.tensor([[-0.5, 1.0, 0.0], [1.5, -0.3, 0.2], [0.0, 2.0, -1.0]])
+Y = torch.tensor([0, 2, 1])
+W = torch.tensor([1.0, 3.0, 0.5])
+
+
+@pytest.mark.parametrize("term_trains, branch_weight, class_weights, expected", [
+    (True, 0.0, None, _ce(HEAD + TERM, Y)),  # the sum's loss only
+    (True, 0.5, None, _ce(HEAD + TERM, Y) + 0.5 * (_ce(HEAD, Y) + _ce(TERM, Y))),
+    (True, 1.0, W, _ce(HEAD + TERM, Y, W) + _ce(HEAD, Y, W) + _ce(TERM, Y, W)),  # each weighted by class
+    (False, 1.0, W, _ce(HEAD + TERM, Y, W)),  # a term left out of training: no branch losses
+])
+def test_the_loss_scores_the_sum_and_each_branch_alone(term_trains, branch_weight, class_weights, expected):
+    term = TERM.clone().requires_grad_(term_trains)
+    outputs = {"logits": HEAD + term, "term_logits": term}
+    assert classifier_loss(outputs, Y, class_weights, branch_weight).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("base", [TINY_ENCODER, TINY_SENTENCE_ENCODER])
+def test_the_terms_own_logits_are_an_output_only_in_training(base, tiny_bases):
+    """The loss needs the term's logits apart; the Trainer's evaluation takes every output as a prediction."""
+    model = KINDS[tiny_bases[base].kind].load_base(tiny_bases[base], ["a", "b", "c", "d"], None)
+    torch.nn.init.normal_(model.bag_of_words.weight, std=0.5)
+    batch = load_tokenizer(base)(["a short text", "another one, longer"], padding=True, return_tensors="pt")
+    train_out = model.train()(**batch)
+    assert list(train_out.keys()) == ["logits", "term_logits"] and train_out.term_logits.abs().sum() > 0
+    eval_out = model.eval()(**batch)
+    assert list(eval_out.keys()) == ["logits"]
+
+
 # --- 3. the causal kind's loss sees only the answer -----------------------------------------------
 @pytest.mark.parametrize("case", CAUSAL_CASES, **by_id)
 def test_causal_training_examples_mask_the_prompt(case, tiny_bases, splits):
@@ -330,12 +364,12 @@ def test_causal_class_weights_weigh_each_example_by_its_label(case, tiny_bases, 
         alone = [own_loss_sum(train_ds[i]) for i in rows]
         losses = []
         for weights in ([1.0] * len(case.labels), [0.5 + 2 * i for i in range(len(case.labels))]):
-            losses.append(float(kind.loss_function(weights, tokenizer, case.labels)(outputs, labels)))
+            losses.append(float(kind.loss_function(weights, tokenizer, case.labels, TrainConfig())(outputs, labels)))
             of_row = [weights[case.labels.index(labels_of_rows[i])] for i in rows]
             expected = sum(w * s for w, (s, _) in zip(of_row, alone)) / sum(w * n for w, (_, n) in zip(of_row, alone))
             assert losses[-1] == pytest.approx(expected, rel=1e-5)
     assert losses[1] != pytest.approx(losses[0], rel=1e-4)  # the weights did change the loss
-    assert kind.loss_function(None, tokenizer, case.labels) is None  # balanced classes: the model's own loss
+    assert kind.loss_function(None, tokenizer, case.labels, TrainConfig()) is None  # balanced classes: the model's own loss
 
 
 # --- 4. the pool: mixed-adapter batches -----------------------------------------------------------

@@ -60,7 +60,7 @@ class CausalLabelScorer(ModelKind):
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE)
         return examples("train"), examples("val"), collator
 
-    def loss_function(self, class_weights, tokenizer, labels):
+    def loss_function(self, class_weights, tokenizer, labels, train):
         if class_weights is None:
             return None
         return class_weighted_answer_loss({tuple(answer_ids(tokenizer, label)): weight

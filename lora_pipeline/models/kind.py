@@ -66,7 +66,7 @@ class ModelKind(ABC):
         """Set what ``model`` takes from its domain's train split before training (by default: nothing)."""
 
     def loss_function(self, class_weights: list[float] | None, tokenizer: PreTrainedTokenizerBase,
-                      labels: list[str]) -> Callable | None:
+                      labels: list[str], train: TrainConfig) -> Callable | None:
         """The Trainer's ``compute_loss_func`` for these per-class weights, one per label (None: the model's
         own loss)."""
         return None

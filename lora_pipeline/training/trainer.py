@@ -238,7 +238,7 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
                        compute_metrics=kind.compute_metrics(splits.labels),
                        callbacks=[*checkpoint_callbacks(kind, train, total_steps, len(val_ds)),
                                   ProgressLine(splits.domain), *callbacks],
-                       compute_loss_func=kind.loss_function(class_weights, tokenizer, splits.labels),
+                       compute_loss_func=kind.loss_function(class_weights, tokenizer, splits.labels, train),
                        attention_for_width=lambda width: training_attention(compute, width, math_up_to))
     trainer.remove_callback(PrinterCallback)  # it prints every log dict
     started = time.perf_counter()
