@@ -152,6 +152,8 @@ def classifier_loss(outputs, labels: torch.Tensor, class_weights: torch.Tensor |
 
     loss = cross_entropy(logits)
     if branch_weight and term is not None and term.requires_grad:  # a term left out of training stays zero
+        # logits - term: the head's logits, to bf16's rounding of the sum under autocast (~0.4 %); the gradients
+        # the two branch losses send are exact.
         loss = loss + branch_weight * (cross_entropy(logits - term) + cross_entropy(term))
     return loss
 
@@ -180,8 +182,8 @@ class BertClassifier(BertForSequenceClassification):
     identity of the words. On forum posts and news TF-IDF beat the LoRA adapter where topic words decide the
     label (README, Held-out). It starts at zero and trains only where ``bag_of_words`` is in the domain's
     lora.modules_to_save (by default: a domain of at least lora.bag_of_words_min_labels labels); otherwise it
-    stays zero and the model is plain BERT's classifier. The loss: unweighted cross-entropy (the Trainer's
-    one of the kind's loss_function replaces it in training)."""
+    stays zero and the model is plain BERT's classifier. Its own loss (with ``labels``): :func:`classifier_loss`
+    unweighted, without branch losses; in the Trainer the kind's ``loss_function`` replaces it."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -302,6 +304,8 @@ class EncoderClassifier(ModelKind):
         return compute
 
     def loss_function(self, class_weights, tokenizer, labels, train):
+        # Always a function (the branch losses), so the Trainer takes it as already scaled for gradient
+        # accumulation: none is configured (one batch a step); with some, divide by its steps here.
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
 
         def loss(outputs, labels, num_items_in_batch=None):

@@ -67,8 +67,8 @@ class ModelKind(ABC):
 
     def loss_function(self, class_weights: list[float] | None, tokenizer: PreTrainedTokenizerBase,
                       labels: list[str], train: TrainConfig) -> Callable | None:
-        """The Trainer's ``compute_loss_func`` for these per-class weights, one per label (None: the model's
-        own loss)."""
+        """The Trainer's ``compute_loss_func`` for these per-class weights, one per label, and ``train``'s loss
+        settings (None: the model's own loss)."""
         return None
 
     def compute_metrics(self, labels: list[str]) -> Callable | None:

@@ -345,9 +345,10 @@ class FullFineTune:
 
 def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: str | Path,
                      learning_rate: float) -> FullFineTune:
-    """Same data, schedule, batch and checkpoint choice as :func:`train_adapter`; every weight trainable.
-    Kinds chosen by validation macro-F1 only (an encoder; a causal LM's full fine-tune would train its
-    vocabulary-sized LM head too)."""
+    """Same data, schedule, batch and checkpoint choice as :func:`train_adapter`; every weight trainable, so
+    the encoder's bag-of-words term trains (with its branch loss) on any label count, not only where the LoRA
+    recipe trains it. Kinds chosen by validation macro-F1 only (an encoder; a causal LM's full fine-tune would
+    train its vocabulary-sized LM head too)."""
     kind = kind_of(inputs.base.name)
     if kind.checkpoint_metric != "macro_f1":
         raise ConfigError(f"base.name={inputs.base.name}: the full fine-tune baseline supports encoder bases only")
