@@ -118,6 +118,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     from lora_pipeline.models.adapters import build_lora_model, count_parameters
     from lora_pipeline.models.bases import check_lengths, get_spec, load_tokenizer
     from lora_pipeline.models.compute import autocast, compute_for, training_attention
+    from lora_pipeline.models.encoder import BagOfWords
     from lora_pipeline.training.trainer import resolve_max_length
 
     if cfg.train.torch_threads:
@@ -145,6 +146,10 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
         model = kind_of(cfg.base.name).load_base(get_spec(cfg.base.name), splits.labels, cfg.base.cache_dir,
                                                  dropout=cfg.lora.base_dropout)
     model.to(device).train()
+    if cfg.lora.bag_of_words_fit == "logistic":  # training fits the term before the first step, then keeps it fixed
+        for module in model.modules():
+            if isinstance(module, BagOfWords):
+                module.weight.requires_grad_(False)
     trainable, total = count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
                                   weight_decay=cfg.train.weight_decay)

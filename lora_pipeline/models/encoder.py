@@ -5,10 +5,12 @@ The two differ only in what the head reads. ``encoder``: BERT's pooler (dense + 
 how a sentence encoder such as all-MiniLM-L6-v2 was trained to represent a text (its [CLS] state never was).
 Both add a bag-of-words term to the head's logits (a linear map from the TF-IDF vector of all the text's
 tokens). Training: LoRA on the attention projections; the new head, the pooler's dense layer and the
-bag-of-words term trained in full, on the loss of their sum and of each alone (:func:`classifier_loss`); the
-best checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the mean-pooled text embedding
-to an embedding of each label's description. Serving: every adapter's head and bag-of-words term are
-zero-padded to one shared width, and each row's logits are cut back to its own labels before the softmax.
+bag-of-words term trained in full, on the loss of their sum and of each alone (:func:`classifier_loss`), or,
+with lora.bag_of_words_fit 'logistic', the term first fitted as a logistic regression on the train split and
+then kept fixed; the best checkpoint by validation macro-F1. Zero-shot baseline: cosine similarity of the
+mean-pooled text embedding to an embedding of each label's description. Serving: every adapter's head and
+bag-of-words term are zero-padded to one shared width, and each row's logits are cut back to its own labels
+before the softmax.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from peft import TaskType
 from transformers import AutoConfig, AutoModel, BatchEncoding, BertForSequenceClassification
@@ -109,11 +112,14 @@ def _masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-# The bag-of-words term's input scale: its weights train at the LoRA learning rate (2e-3, linearly decaying, ~150
+# The bag-of-words term's input scale (a fitted term's weights are divided by it): a term that trains
+# (lora.bag_of_words_fit: trained) learns at the LoRA learning rate (2e-3, linearly decaying, ~150
 # steps), which moves a weight by about 0.15 at most; scaled by this, a token's weight can reach the size a logistic
 # regression on TF-IDF gives a telling word (a few units of logit). 100 won on talk and lost elsewhere, with the
 # branch losses (on 7 domains of 8) and without (README, Held-out).
 BAG_OF_WORDS_SCALE = 30.0
+# lora.bag_of_words_fit: logistic: the regularisation strengths (C) tried, as the TF-IDF baseline's grid.
+BAG_OF_WORDS_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 def token_counts(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -151,7 +157,8 @@ def classifier_loss(outputs, labels: torch.Tensor, class_weights: torch.Tensor |
         return torch.nn.functional.cross_entropy(x.float(), labels.view(-1), weight=class_weights)
 
     loss = cross_entropy(logits)
-    if branch_weight and term is not None and term.requires_grad:  # a term left out of training stays zero
+    # A term left out of the domain's adapter stays zero; a fitted one is fixed: no branch losses for either.
+    if branch_weight and term is not None and term.requires_grad:
         # logits - term: the head's logits, to bf16's rounding of the sum under autocast (~0.4 %); the gradients
         # the two branch losses send are exact.
         loss = loss + branch_weight * (cross_entropy(logits - term) + cross_entropy(term))
@@ -168,9 +175,51 @@ class BagOfWords(torch.nn.Linear):
         super().__init__(vocab_size, num_labels, bias=False)
         self.register_buffer("idf", torch.ones(vocab_size))
 
+    def features(self, counts: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.log1p(counts) * self.idf, dim=-1)
+
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        features = torch.nn.functional.normalize(torch.log1p(counts) * self.idf, dim=-1)
-        return super().forward(BAG_OF_WORDS_SCALE * features)
+        return super().forward(BAG_OF_WORDS_SCALE * self.features(counts))
+
+
+def fit_logistic_term(term: BagOfWords, train_dataset, val_dataset, c_grid=BAG_OF_WORDS_C_GRID) -> float:
+    """Set ``term``'s weights to a logistic regression (scikit-learn's, no intercept: the head has one) on its
+    own features of ``train_dataset``, with C chosen from ``c_grid`` by validation log-loss, not macro-F1: the
+    term's logits are added to the head's, so their scale matters, not only their argmax. Class-balanced
+    whatever train.class_weights says: the gate compares macro-F1, and on balanced labels it changes nothing.
+    Returns the C chosen. Seconds on a CPU (800 posts: 2.5 s for 4 labels, 8 s for 20), before training and
+    not in its train_seconds."""
+    from sklearn.linear_model import LogisticRegression  # training only: not in a server
+    from sklearn.metrics import log_loss
+
+    @torch.no_grad()
+    def features(dataset) -> sp.csr_matrix:
+        rows = []
+        for f in dataset.features:
+            ids = torch.tensor([f[BAG_OF_WORDS_IDS]], device=term.idf.device)
+            counts = token_counts(ids, torch.ones_like(ids), term.in_features)
+            rows.append(sp.csr_matrix(term.features(counts).float().cpu().numpy()))
+        return sp.vstack(rows).tocsr()
+
+    x_train, y_train = features(train_dataset), np.asarray(train_dataset.labels)
+    x_val, y_val = features(val_dataset), np.asarray(val_dataset.labels)
+    known = np.isin(y_val, y_train)  # log-loss is over the labels the regression knows
+    best = None
+    for c in c_grid:  # ties go to the first: the smallest C
+        model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", fit_intercept=False)
+        model.fit(x_train, y_train)
+        loss = log_loss(y_val[known], model.predict_proba(x_val[known]), labels=model.classes_)
+        if best is None or loss < best[0]:
+            best = (loss, c, model)
+    _, c, model = best
+    # one row of weights per label; a label without train rows gets none; two labels: sklearn keeps one row
+    coef = model.coef_ if len(model.classes_) > 2 else np.vstack([-model.coef_, model.coef_]) / 2
+    weight = torch.zeros_like(term.weight)
+    weight[torch.as_tensor(model.classes_, device=weight.device)] = (
+        torch.as_tensor(coef, dtype=weight.dtype, device=weight.device) / BAG_OF_WORDS_SCALE)
+    with torch.no_grad():
+        term.weight.copy_(weight)
+    return float(c)
 
 
 class BertClassifier(BertForSequenceClassification):
@@ -180,10 +229,11 @@ class BertClassifier(BertForSequenceClassification):
 
     The bag-of-words term is what TF-IDF + logistic regression has and a pooled sentence vector blurs: the
     identity of the words. On forum posts and news TF-IDF beat the LoRA adapter where topic words decide the
-    label (README, Held-out). It starts at zero and trains only where ``bag_of_words`` is in the domain's
-    lora.modules_to_save (by default: a domain of at least lora.bag_of_words_min_labels labels); otherwise it
-    stays zero and the model is plain BERT's classifier. Its own loss (with ``labels``): :func:`classifier_loss`
-    unweighted, without branch losses; in the Trainer the kind's ``loss_function`` replaces it."""
+    label (README, Held-out). It starts at zero and is fitted (or trained: lora.bag_of_words_fit) only where
+    ``bag_of_words`` is in the domain's lora.modules_to_save (by default: a domain of at least
+    lora.bag_of_words_min_labels labels); otherwise it stays zero and the model is plain BERT's classifier. Its
+    own loss (with ``labels``): :func:`classifier_loss` unweighted, without branch losses; in the Trainer the
+    kind's ``loss_function`` replaces it."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -284,14 +334,22 @@ class EncoderClassifier(ModelKind):
 
         return encoded("train"), encoded("val"), functools.partial(pad_batch, tokenizer)  # dynamic padding
 
-    def fit_to_train_data(self, model, train_dataset):
-        """The bag-of-words term's idf, from the train split's tokens (as TF-IDF's is from the same rows)."""
+    def fit_to_train_data(self, model, train_dataset, val_dataset, lora):
+        """The bag-of-words term's idf, from the train split's tokens (as TF-IDF's is from the same rows); with
+        lora.bag_of_words_fit 'logistic', the weights of the term this domain trains (where it trains one), which
+        then stay fixed. Returns {"bag_of_words_c": C chosen} for such a term, else {}."""
         terms = [m for m in model.modules() if isinstance(m, BagOfWords)]
-        if terms:
-            idf = inverse_document_frequency([f[BAG_OF_WORDS_IDS] for f in train_dataset.features],
-                                             terms[0].in_features)
-            for term in terms:  # the trained copy and the base's own (which stays zero-weighted)
-                term.idf.copy_(idf)
+        if not terms:
+            return {}
+        idf = inverse_document_frequency([f[BAG_OF_WORDS_IDS] for f in train_dataset.features], terms[0].in_features)
+        for term in terms:  # the trained copy and the base's own (which stays zero-weighted)
+            term.idf.copy_(idf)
+        trained = [term for term in terms if term.weight.requires_grad]  # none: a domain without the term
+        if lora.bag_of_words_fit != "logistic" or not trained:
+            return {}
+        c = fit_logistic_term(trained[0], train_dataset, val_dataset)
+        trained[0].weight.requires_grad_(False)  # a fitted model, not a starting point: the head learns beside it
+        return {"bag_of_words_c": c}
 
     def compute_metrics(self, labels):
         from lora_pipeline.evaluation.metrics import classification_metrics  # training only: not in a server

@@ -62,8 +62,11 @@ class ModelKind(ABC):
         (an encoder's bag-of-words term also gets them whole; ``max_answer_tokens``: generation targets cut to
         this)."""
 
-    def fit_to_train_data(self, model: torch.nn.Module, train_dataset: Any) -> None:
-        """Set what ``model`` takes from its domain's train split before training (by default: nothing)."""
+    def fit_to_train_data(self, model: torch.nn.Module, train_dataset: Any, val_dataset: Any,
+                          lora: LoraSettings) -> dict[str, float]:
+        """Set what ``model`` takes from its domain's train split before training, choosing among settings on
+        ``val_dataset`` (by default: nothing). Returns what was chosen, recorded on the trained adapter."""
+        return {}
 
     def loss_function(self, class_weights: list[float] | None, tokenizer: PreTrainedTokenizerBase,
                       labels: list[str], train: TrainConfig) -> Callable | None:

@@ -173,6 +173,7 @@ def domain_metrics(trained: TrainedAdapter, evaluation: DomainEvaluation, splits
         truncated_share=trained.truncated_share,
         epochs_run=trained.epochs_run,
         class_weighted=float(trained.class_weights is not None),
+        **trained.fitted,
     )
     if math.isnan(trained.best_val_macro_f1):  # a generation adapter: chosen by validation loss
         del metrics["best_val_macro_f1"]

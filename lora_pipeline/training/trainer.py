@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,6 +68,7 @@ class TrainedAdapter:
     epochs_run: float = 0.0  # early stopping may end training before train.epochs
     train_rows: int = 0  # rows trained on, of
     train_rows_available: int = 0  # the rows the domain's train split had before split.max_train_rows
+    fitted: dict[str, float] = field(default_factory=dict)  # chosen from the data before training (bag_of_words_c)
 
 
 class ProgressLine(TrainerCallback):
@@ -195,12 +196,13 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
          learning_rate: float, tokenizer, max_length: int, class_weights: list[float] | None,
          callbacks: Sequence[TrainerCallback] = ()):
     """Train ``model`` on the domain's train split with the HF Trainer, evaluating on val once per epoch,
-    stopping early when it stops improving, and keeping the best checkpoint. Returns (trainer, seconds)."""
+    stopping early when it stops improving, and keeping the best checkpoint. Returns (trainer, seconds, what
+    the kind fitted to the data before training)."""
     train, compute = inputs.train, inputs.compute
     train_ds, val_ds, collator = kind.training_data(
         tokenizer, splits, max_length, inputs.instruction_for(splits.domain),
         max_answer_tokens=inputs.generation.max_target_tokens if inputs.generation else None)
-    kind.fit_to_train_data(model, train_ds)
+    fitted = kind.fit_to_train_data(model, train_ds, val_ds, inputs.lora)
     total_steps, eval_every = _schedule(len(train_ds), train)
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -245,7 +247,7 @@ def _fit(model, kind: ModelKind, splits: DomainSplits, inputs: TrainingInputs, o
     trainer.train()
     seconds = time.perf_counter() - started
     shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-    return trainer, seconds
+    return trainer, seconds, fitted
 
 
 def _val_macro_f1(trainer: Trainer, kind: ModelKind, adapter: LoadedAdapter, splits: DomainSplits,
@@ -275,11 +277,11 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
     with _TRAIN_LOCK:
         set_seed(inputs.train.seed)
         model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir, inputs.task)
-        trainable, total = count_parameters(model)
 
         # --- train
-        trainer, train_seconds = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate,
-                                      tokenizer, length.max_length, weights, callbacks)
+        trainer, train_seconds, fitted = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate,
+                                              tokenizer, length.max_length, weights, callbacks)
+        trainable, total = count_parameters(model)  # after fitting: a term fitted before training is not trained
 
     # --- save (adapter + trained modules + label map; never the base)
     adapter_dir = output_dir / "adapter"
@@ -312,6 +314,7 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         train_rows_available=splits.available.get("train", splits.counts["train"]),
         precision=inputs.compute.precision,
         device=inputs.compute.device,
+        fitted=fitted,
     )
 
 
@@ -346,7 +349,7 @@ class FullFineTune:
 def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: str | Path,
                      learning_rate: float) -> FullFineTune:
     """Same data, schedule, batch and checkpoint choice as :func:`train_adapter`; every weight trainable, so
-    the encoder's bag-of-words term trains (with its branch loss) on any label count, not only where the LoRA
+    the encoder's bag-of-words term is fitted (lora.bag_of_words_fit) on any label count, not only where the LoRA
     recipe trains it. Kinds chosen by validation macro-F1 only (an encoder; a causal LM's full fine-tune would
     train its vocabulary-sized LM head too)."""
     kind = kind_of(inputs.base.name)
@@ -358,9 +361,9 @@ def train_full_model(splits: DomainSplits, inputs: TrainingInputs, output_dir: s
         set_seed(inputs.train.seed)
         model = kind.load_base(get_spec(inputs.base.name), splits.labels, inputs.base.cache_dir,
                                dropout=inputs.lora.base_dropout)  # the same base as LoRA trains on
+        trainer, seconds, _ = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate, tokenizer,
+                                   length.max_length, class_weights_for(splits, inputs.train))
         trainable, _ = count_parameters(model)
-        trainer, seconds = _fit(model, kind, splits, inputs, Path(output_dir), learning_rate, tokenizer,
-                                length.max_length, class_weights_for(splits, inputs.train))
     meta = AdapterMeta(domain=splits.domain, labels=splits.labels, base_model=inputs.base.name,
                        max_length=length.max_length, kind=kind.name)
     return FullFineTune(model=LoadedAdapter(meta=meta, model=trainer.model.eval(), tokenizer=tokenizer,
