@@ -197,7 +197,6 @@ class LoraSettings(_Section):
         "modules_to_save has it. Measured (README, Held-out): the term lifted topic domains of 4-20 labels "
         "(forum posts, departments, exam subjects) and cost 2-3-label sentiment domains (VADER movie's 5 % "
         "neutral class, nyt, IMDB). 0 = every domain.")
-
     bag_of_words_fit: Literal["trained", "logistic"] = Field(
         "trained", description="How a domain's bag-of-words term gets its weights. 'trained': from zero, trained "
         "with the adapter (with train.branch_loss_weight). 'logistic': a logistic regression on the term's TF-IDF "
@@ -205,6 +204,7 @@ class LoraSettings(_Section):
         "then kept fixed, the head learning beside it on the loss of the sum. Measured (README, Held-out): "
         "'logistic' higher on 20-newsgroups topics (comp, rec, posts), lower on raw Reddit posts (forums -0.025, "
         "support -0.018 macro-F1); 'trained' stays the default.")
+
 
 class TrainConfig(_Section):
     epochs: float = Field(3, gt=0, description="Most training epochs (the best epoch by validation macro-F1 is "
