@@ -2,8 +2,9 @@
 
     python -m benchmarks.bench_lora_layers [--lengths 48,256] [--rounds 3] [--steps 8]
 
-The default adapts MiniLM's ``query`` and ``value`` (``BaseModelSpec.lora_targets``) without dropout on LoRA's input;
-every linear layer of its blocks, and ``lora.dropout=0.1``, were tried as the default and not adopted. This
+The default adapts MiniLM's ``query`` and ``value`` (``BaseModelSpec.lora_targets``) in every layer without dropout
+on LoRA's input; every linear layer of its blocks, ``lora.dropout=0.1`` and only the top layers
+(``lora.layers_to_transform``) were tried as the default and not adopted. This
 measures the training step of each variant below, and of a full fine-tune for reference, on the
 same batch (VADER amazon, padded to each length: the cost depends on the shape, not the words), the
 variants interleaved round by round so that a busy moment of this shared machine hits them all. Only
@@ -28,6 +29,11 @@ VARIANTS = {  # name -> (method, config overrides); learning rate does not chang
     "query,value, lora.dropout=0.1": ("lora", ["lora.target_modules=[query,value]", "lora.dropout=0.1"]),
     "all linear, lora.dropout=0": ("lora", [f"lora.target_modules={ALL_LINEAR}", "lora.dropout=0"]),
     "all linear, lora.dropout=0.1": ("lora", [f"lora.target_modules={ALL_LINEAR}", "lora.dropout=0.1"]),
+    # the backward pass ends at the lowest adapted layer: the frozen layers below need no gradient
+    "query,value, top 3 of 6 layers": ("lora", ["lora.target_modules=[query,value]", "lora.dropout=0",
+                                                "lora.layers_to_transform=[3,4,5]"]),
+    "query,value, top 2 of 6 layers": ("lora", ["lora.target_modules=[query,value]", "lora.dropout=0",
+                                                "lora.layers_to_transform=[4,5]"]),
     "full fine-tune": ("full", []),  # issue 14's reference: LoRA step / full step <= 0.6
 }
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 from peft.utils import ModulesToSaveWrapper
 
 from safetensors.torch import load_file, save_file
 
 from lora_pipeline.serving.adapter_pool import AdapterPool, PoolRequest
+from lora_pipeline.serving.stacked_lora import StackedLoraLinear
 from lora_pipeline.models.adapters import (CHECKSUMS, AdapterMeta, build_lora_model, load_adapter, save_adapter,
                                            write_checksums)
 from lora_pipeline.config import LoraSettings
@@ -66,7 +68,10 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
             # with a zero term and the base's pooler, as it was trained
             "head-only": _adapter(root, "head-only", ["x", "y", "z"], 5, LoraSettings(modules_to_save=["classifier"])),
             # its term without an idf and on head+tail (saved before both): served as it was trained
-            "legacy": _saved_before_idf(root, "legacy", [f"d{i}" for i in range(4)], 6)}
+            "legacy": _saved_before_idf(root, "legacy", [f"d{i}" for i in range(4)], 6),
+            # LoRA in the top two of MiniLM's six layers only (lora.layers_to_transform): the others run the base
+            "top-layers": _adapter(root, "top-layers", ["p", "q", "r", "s"], 7,
+                                   LORA.model_copy(update={"layers_to_transform": [4, 5]}))}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +91,29 @@ def test_mixed_batch_rows_equal_each_adapter_alone(pool, adapters):
         assert got.shape == alone.shape  # cut back to the adapter's own labels
         np.testing.assert_allclose(got, alone, atol=1e-5)
     assert len({tuple(np.round(p, 3)) for p in mixed[:len(adapters)]}) == len(adapters)  # the adapters really differ
+
+
+def test_lora_layers_to_transform_adapts_only_those_layers(adapters):
+    saved = load_file(adapters["top-layers"] / "adapter_model.safetensors")
+    layers = {int(re.search(r"encoder\.layer\.(\d+)\.", k).group(1)) for k in saved if "lora_" in k}
+    assert layers == {4, 5}
+    everywhere = load_file(adapters["five"] / "adapter_model.safetensors")
+    assert {int(re.search(r"encoder\.layer\.(\d+)\.", k).group(1)) for k in everywhere if "lora_" in k} == set(range(6))
+
+
+def test_a_pool_of_a_top_layers_config_serves_an_adapter_of_every_layer(adapters):
+    """The pool adapts every layer whatever lora.layers_to_transform says: champions of earlier runs keep theirs,
+    in every layer through the stacked path (StackedLoraLinear), not peft's per-adapter loop."""
+    pool = AdapterPool(BASE, LORA.model_copy(update={"layers_to_transform": [4, 5]}), max_labels=8)
+    for name in ("five", "top-layers"):
+        pool.add(name, adapters[name])
+    adapted = [m for m in pool.model.modules() if isinstance(m, LoraLayer)]
+    assert len(adapted) == 12 and all(isinstance(m, StackedLoraLinear) for m in adapted)  # query, value x 6
+    requests = [PoolRequest(name, text) for text in TEXTS for name in ("five", "top-layers")]
+    mixed = pool.predict_proba(requests, batch_size=len(requests))
+    for name in ("five", "top-layers"):
+        got = np.stack([p for r, p in zip(requests, mixed) if r.adapter == name])
+        np.testing.assert_allclose(got, load_adapter(adapters[name]).predict_proba(TEXTS), atol=1e-5)
 
 
 def test_an_adapter_is_served_with_its_own_idf(pool, adapters):

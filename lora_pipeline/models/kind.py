@@ -52,6 +52,7 @@ class ModelKind(ABC):
         return LoraConfig(**{
             "task_type": self.task_type, "r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
             "target_modules": list(lora.target_modules), "modules_to_save": list(lora.modules_to_save) or None,
+            "layers_to_transform": list(lora.layers_to_transform) if lora.layers_to_transform is not None else None,
             **overrides})
 
     # --- training ---------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ class AdapterPool:
         self.tokenizer = load_tokenizer(base_model, cache_dir)
         base = store_for_autocast(self.kind.pool_base(get_spec(base_model), max_labels, cache_dir).to(self.compute.device),
                                   self.compute)  # every forward of the pool runs under its autocast
-        idle = self.kind.lora_config(lora, r=1)
+        # every layer: a champion may adapt layers lora.layers_to_transform (of this run) leaves out
+        idle = self.kind.lora_config(lora, r=1, layers_to_transform=None)
         idle._register_custom_module({torch.nn.Linear: StackedLoraLinear})  # the adapted Linears, for every adapter
         self.model: PeftModel = get_peft_model(base, idle, adapter_name=IDLE).eval()
         for module_name, module in self.model.named_modules():
