@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
 from lora_pipeline.errors import ConfigError
 
@@ -188,8 +189,8 @@ class LoraSettings(_Section):
         "causal LMs: q_proj,v_proj)."
     )
     layers_to_transform: list[int] | None = Field(
-        None, description="Indices of the base's layers (blocks) whose target_modules get LoRA matrices; null = "
-        "every layer. Adapting only the top layers ends the backward pass there: the frozen layers below need "
+        None, description="0-based indices of the base's layers (blocks) whose target_modules get LoRA matrices "
+        "(MiniLM has 6, SmolLM2-135M 30); null = every layer. Adapting only the top layers ends the backward pass there: the frozen layers below need "
         "no gradient. MiniLM's top three of six ([3,4,5]): a bf16 step 0.70x the default's at 256 tokens, "
         "macro-F1 lower on five of six held-out domains (mean -0.006; README, Held-out datasets).")
     modules_to_save: list[str] | None = Field(
@@ -209,6 +210,14 @@ class LoraSettings(_Section):
         "then kept fixed, the head learning beside it on the loss of the sum. Measured (README, Held-out): "
         "'logistic' higher on 20-newsgroups topics (comp, rec, posts), lower on raw Reddit posts (forums -0.025, "
         "support -0.018 macro-F1); 'trained' stays the default.")
+
+    @field_validator("layers_to_transform")
+    @classmethod
+    def _layers_are_sane(cls, layers: list[int] | None) -> list[int] | None:
+        """Sorted and unique, so that the same layers are the same adapter (and cache key) however they are listed."""
+        if layers is not None and (not layers or min(layers) < 0):
+            raise ValueError("lora.layers_to_transform must be null (every layer) or layer indices >= 0")
+        return None if layers is None else sorted(set(layers))
 
 
 class TrainConfig(_Section):

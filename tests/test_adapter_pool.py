@@ -101,6 +101,11 @@ def test_lora_layers_to_transform_adapts_only_those_layers(adapters):
     assert {int(re.search(r"encoder\.layer\.(\d+)\.", k).group(1)) for k in everywhere if "lora_" in k} == set(range(6))
 
 
+def test_a_layer_the_base_does_not_have_is_a_config_error():
+    with pytest.raises(ConfigError, match=re.escape("lora.layers_to_transform [5, 6]: all-minilm-l6-v2 has layers 0-5")):
+        build_lora_model(BASE, ["a", "b"], LORA.model_copy(update={"layers_to_transform": [5, 6]}))
+
+
 def test_a_pool_of_a_top_layers_config_serves_an_adapter_of_every_layer(adapters):
     """The pool adapts every layer whatever lora.layers_to_transform says: champions of earlier runs keep theirs,
     in every layer through the stacked path (StackedLoraLinear), not peft's per-adapter loop."""
@@ -109,6 +114,7 @@ def test_a_pool_of_a_top_layers_config_serves_an_adapter_of_every_layer(adapters
         pool.add(name, adapters[name])
     adapted = [m for m in pool.model.modules() if isinstance(m, LoraLayer)]
     assert len(adapted) == 12 and all(isinstance(m, StackedLoraLinear) for m in adapted)  # query, value x 6
+    assert all(m._stacks is not None for m in adapted)  # stacked, not left to peft's loop
     requests = [PoolRequest(name, text) for text in TEXTS for name in ("five", "top-layers")]
     mixed = pool.predict_proba(requests, batch_size=len(requests))
     for name in ("five", "top-layers"):

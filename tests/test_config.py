@@ -43,6 +43,7 @@ def test_a_domain_trains_the_bag_of_words_term_by_its_label_count(modules_to_sav
         ("promotion.min_gain_over_base=0.1", ("promotion", "min_gain_over_base"), 0.1),
         ("split.max_train_rows=3200", ("split", "max_train_rows"), 3200),  # a number-or-'auto' key
         ("split.max_train_rows=auto", ("split", "max_train_rows"), "auto"),
+        ("lora.layers_to_transform=[5,3,4,4]", ("lora", "layers_to_transform"), [3, 4, 5]),  # one key per set
     ],
 )
 def test_any_key_overridable(override, path, expected):
@@ -76,6 +77,8 @@ def test_default_tracking_uri_is_project_sqlite(tmp_path):
         ("split.max_train_rows=atuo", "config key 'split.max_train_rows': must be 'auto' or a whole number (got 'atuo')"),
         ("base.max_length=atuo", "config key 'base.max_length': must be 'auto' or a whole number"),
         ("split.max_train_rows=-3", "split.max_train_rows must be 'auto' or a row count >= 0"),
+        ("lora.layers_to_transform=[]", "lora.layers_to_transform must be null (every layer) or layer indices"),
+        ("lora.layers_to_transform=[-1]", "lora.layers_to_transform must be null (every layer) or layer indices"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -1,4 +1,9 @@
-"""Offline: for each trained adapter in a held-out work dir, the test/val macro-F1 of head + a * term."""
+"""Offline: for each trained adapter in a held-out work dir, the test/val macro-F1 of head + a * term.
+
+    python benchmarks/results/heldout-extra/term-weight-2026-12-07/probe.py OUT.json PROJECT_DIR...
+
+PROJECT_DIR: a dataset's scratch project of a held-out run (bench_heldout --work W: W/newsgroups, ...).
+"""
 import json, sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -9,7 +14,7 @@ from sklearn.metrics import f1_score
 
 ALPHAS = [0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, "term"]
 out = {}
-for project in sys.argv[1:]:
+for project in sys.argv[2:]:
     project = Path(project)
     for adir in sorted((project / ".lora_pipeline/adapters").glob("*/*/adapter")):
         dom_key = adir.parent.parent.name
@@ -65,4 +70,4 @@ for project in sys.argv[1:]:
         has_term = bool(np.abs(np.concatenate([t.weight.detach().flatten().numpy() for t in terms])).max() > 0)
         print(name, "term" if has_term else "noterm", "val", {k: round(v, 3) for k, v in res["val"].items()})
         print(name, " test", {k: round(v, 3) for k, v in res["test"].items()}, flush=True)
-Path("/tmp/probe/out.json").write_text(json.dumps(out, indent=1))
+Path(sys.argv[1]).write_text(json.dumps(out, indent=1))
