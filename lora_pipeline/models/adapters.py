@@ -73,10 +73,10 @@ def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cac
     trains."""
     kind = kind_of(base_model, task)
     base = kind.load_base(get_spec(base_model), labels, cache_dir, dropout=lora.base_dropout)
-    n_layers = base.config.num_hidden_layers if lora.layers_to_transform else 0
-    if lora.layers_to_transform and max(lora.layers_to_transform) >= n_layers:  # peft would skip it silently
-        raise ConfigError(f"lora.layers_to_transform {lora.layers_to_transform}: {base_model} has layers "
-                          f"0-{n_layers - 1}")
+    layers = lora.layers_to_transform
+    if layers and max(layers) >= base.config.num_hidden_layers:  # peft would skip a layer it lacks, silently
+        raise ConfigError(f"lora.layers_to_transform {layers}: {base_model} has layers "
+                          f"0-{base.config.num_hidden_layers - 1}")
     return get_peft_model(base, kind.lora_config(lora_settings_for(base_model, lora, len(labels))))
 
 
