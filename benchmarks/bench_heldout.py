@@ -23,7 +23,7 @@ from pathlib import Path
 from lora_pipeline.config import apply_runtime_env, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("vader", "bbc", "newsgroups", "newsgroups20", "imdb", "drugs", "clothing", "stars", "medmcqa", "reddit")
+DATASETS = ("vader", "bbc", "newsgroups", "newsgroups20", "newsgroups-close", "imdb", "drugs", "clothing", "stars", "medmcqa", "reddit")
 ERROR_RATIO_TARGET = 0.8  # adapter's (1 - macro-F1) at most 0.8x TF-IDF+LR's
 BASELINES = ("adapter", "base", "fewshot", "tfidf")
 

