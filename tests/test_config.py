@@ -19,19 +19,17 @@ def test_defaults_record_demo_sizes():
     assert lora_settings_for("smollm2-135m", cfg.lora).target_modules == ["q_proj", "v_proj"]
 
 
-@pytest.mark.parametrize("modules_to_save, min_labels, n_labels, trained", [
-    (None, 4, None, ["classifier", "pooler.dense", "bag_of_words"]),  # a serving pool: every module any domain trains
-    (None, 4, 4, ["classifier", "pooler.dense", "bag_of_words"]),
-    (None, 4, 3, ["classifier", "pooler.dense"]),  # 2-3 labels (sentiment, mostly): no bag-of-words term
-    (None, 0, 2, ["classifier", "pooler.dense", "bag_of_words"]),
-    (["classifier"], 0, 20, ["classifier"]),  # never one the config leaves out
+@pytest.mark.parametrize("modules_to_save, bag_of_words, trained", [
+    (None, True, ["classifier", "pooler.dense", "bag_of_words"]),  # also a serving pool: every module any domain trains
+    (None, False, ["classifier", "pooler.dense"]),  # a domain that trains without the term (training/bag_of_words.py)
+    (["classifier"], True, ["classifier"]),  # never one the config leaves out
 ])
-def test_a_domain_trains_the_bag_of_words_term_by_its_label_count(modules_to_save, min_labels, n_labels, trained):
+def test_a_domains_modules_follow_its_bag_of_words_choice(modules_to_save, bag_of_words, trained):
     from lora_pipeline.config import LoraSettings
     from lora_pipeline.models.adapters import lora_settings_for
 
-    lora = LoraSettings(modules_to_save=modules_to_save, bag_of_words_min_labels=min_labels)
-    assert lora_settings_for("all-minilm-l6-v2", lora, n_labels).modules_to_save == trained
+    lora = LoraSettings(modules_to_save=modules_to_save)
+    assert lora_settings_for("all-minilm-l6-v2", lora, bag_of_words).modules_to_save == trained
 
 
 @pytest.mark.parametrize(
@@ -170,9 +168,9 @@ def test_a_length_or_base_the_model_cannot_take_stops_before_any_data_is_read(ov
         training_inputs(load_config(overrides=[override], env={}))
 
 
-@pytest.mark.parametrize("n_labels, trained", [(3, ["classifier", "pooler.dense"]),
-                                               (5, ["classifier", "pooler.dense", "bag_of_words"])])
-def test_a_domain_runs_params_name_the_modules_it_trained(n_labels, trained):
+@pytest.mark.parametrize("bag_of_words, trained", [(False, ["classifier", "pooler.dense"]),
+                                                   (True, ["classifier", "pooler.dense", "bag_of_words"])])
+def test_a_domain_runs_params_name_the_modules_it_trained(bag_of_words, trained):
     from lora_pipeline.registry.tracking import _flat_params
 
-    assert _flat_params(load_config(), n_labels)["lora.modules_to_save"] == trained
+    assert _flat_params(load_config(), bag_of_words)["lora.modules_to_save"] == trained

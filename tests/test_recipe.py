@@ -14,6 +14,7 @@ from lora_pipeline.data.prepare import DomainSplits
 from lora_pipeline.models.encoder import describe_label
 from lora_pipeline.models.text_length import choose_max_length, encode_head_tail, head_tail, truncate_text
 from lora_pipeline.registry.promotion import CHALLENGER, CHAMPION, decide_promotion
+from lora_pipeline.training.bag_of_words import choose_bag_of_words
 from lora_pipeline.training.trainer import class_weights_for
 
 
@@ -104,6 +105,39 @@ def _splits(tmp_path, counts: dict[str, int]) -> DomainSplits:
     rows = [{"text": f"{label} {i}", "label": label} for label, n in counts.items() for i in range(n)]
     pd.DataFrame(rows).to_json(tmp_path / "train.jsonl", orient="records", lines=True)
     return DomainSplits(domain="d", labels=sorted(counts), dir=str(tmp_path), fingerprint="f", counts={"train": len(rows)})
+
+
+TOPIC_WORDS = {"cars": "engine wheel brake clutch", "bikes": "helmet saddle throttle chain",
+               "boats": "sail hull anchor keel"}
+
+
+def _topic_splits(tmp_path, labels: list[str], lexical: bool) -> DomainSplits:
+    """Train and val texts of ``labels``: each label's own words (``lexical``), or every label the same words
+    (nothing for TF-IDF to go on: val macro-F1 near chance)."""
+    for split, n in (("train", 12), ("val", 6)):
+        rows = [{"text": " ".join([TOPIC_WORDS[label if lexical else labels[0]]] * 2 + [f"post {i}"]), "label": label}
+                for label in labels for i in range(n)]
+        pd.DataFrame(rows).to_json(tmp_path / f"{split}.jsonl", orient="records", lines=True)
+    return DomainSplits(domain="d", labels=labels, dir=str(tmp_path), fingerprint="f", counts={"train": 12 * len(labels)})
+
+
+@pytest.mark.parametrize("labels, lexical, settings, trained, measured", [
+    (["bikes", "boats", "cars"], True, {}, True, True),  # 3 labels whose words tell them apart: topics
+    (["bikes", "boats", "cars"], False, {}, False, True),  # the same words for every label: sentiment-like
+    (["bikes", "cars"], True, {"bag_of_words_min_tfidf_f1": None}, False, False),  # the label count alone
+    (["bikes", "boats", "cars"], False, {"bag_of_words_min_labels": 3}, True, False),  # enough labels: always
+    (["bikes", "boats", "cars"], True, {"modules_to_save": ["classifier", "pooler.dense"]}, False, False),
+])
+def test_a_domain_of_few_labels_gets_the_bag_of_words_term_where_words_tell_its_labels_apart(
+        tmp_path, labels, lexical, settings, trained, measured):
+    from lora_pipeline.config import LoraSettings
+
+    choice = choose_bag_of_words("all-minilm-l6-v2", LoraSettings(**settings), _topic_splits(tmp_path, labels, lexical))
+    assert choice.trained is trained
+    assert (choice.tfidf_val_macro_f1 is not None) is measured
+    if measured:  # the signal is TF-IDF's validation macro-F1: perfect on topic words, low on shared words
+        assert choice.tfidf_val_macro_f1 == (1.0 if lexical else pytest.approx(1 / 3, abs=0.2))
+        assert f"validation macro-F1 {choice.tfidf_val_macro_f1:.3f}" in choice.reason
 
 
 @pytest.mark.parametrize(

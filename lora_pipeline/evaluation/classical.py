@@ -33,21 +33,37 @@ def macro_f1_scorer():
     return make_scorer(_macro_f1)
 
 
+def _search_c(train: pd.DataFrame, val: pd.DataFrame, grid: list[float],
+              class_weight: str) -> tuple[TfidfVectorizer, LogisticRegression, float, float]:
+    """The vectoriser fitted on ``train``; the classifier; the C of ``grid`` with the best validation macro-F1
+    (ties: the smallest C, the strongest prior); and that macro-F1."""
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train["text"])
+    classifier = LogisticRegression(max_iter=2000, class_weight=None if class_weight == "none" else class_weight)
+    # The vocabulary is the train split's either way, so it is fitted once and only C is searched:
+    # one fold, train -> val (PredefinedSplit: -1 = always train), no refit on train + val.
+    x = sp.vstack([vectorizer.transform(train["text"]), vectorizer.transform(val["text"])])
+    y = pd.concat([train["label"], val["label"]])
+    fold = PredefinedSplit([-1] * len(train) + [0] * len(val))
+    search = GridSearchCV(classifier, {"C": sorted(set(grid))}, scoring=macro_f1_scorer(),
+                          cv=fold, refit=False, error_score="raise").fit(x, y)
+    return vectorizer, classifier, float(search.best_params_["C"]), float(search.best_score_)
+
+
 def fit_tfidf(train: pd.DataFrame, val: pd.DataFrame, cfg: EvalConfig) -> Pipeline:
     """TF-IDF + logistic regression fitted on ``train``, with C (``cfg.tfidf_c_grid``) chosen on ``val``."""
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train["text"])
-    weights = None if cfg.tfidf_class_weight == "none" else cfg.tfidf_class_weight
-    classifier = LogisticRegression(max_iter=2000, class_weight=weights)
-    x_train = vectorizer.transform(train["text"])
-    grid = sorted(set(cfg.tfidf_c_grid))  # ties go to the first: the smallest C, the strongest prior
+    grid = sorted(set(cfg.tfidf_c_grid))
     if len(grid) > 1:
-        # The vocabulary is the train split's either way, so it is fitted once and only C is searched:
-        # one fold, train -> val (PredefinedSplit: -1 = always train), no refit on train + val.
-        x = sp.vstack([x_train, vectorizer.transform(val["text"])])
-        y = pd.concat([train["label"], val["label"]])
-        fold = PredefinedSplit([-1] * len(train) + [0] * len(val))
-        search = GridSearchCV(classifier, {"C": grid}, scoring=macro_f1_scorer(),
-                              cv=fold, refit=False, error_score="raise").fit(x, y)
-        grid = [search.best_params_["C"]]
-    classifier.set_params(C=grid[0]).fit(x_train, train["label"])
+        vectorizer, classifier, c, _ = _search_c(train, val, grid, cfg.tfidf_class_weight)
+    else:  # nothing to choose: no validation pass
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train["text"])
+        weights = None if cfg.tfidf_class_weight == "none" else cfg.tfidf_class_weight
+        classifier, c = LogisticRegression(max_iter=2000, class_weight=weights), grid[0]
+    classifier.set_params(C=c).fit(vectorizer.transform(train["text"]), train["label"])
     return Pipeline([("tfidf", vectorizer), ("logreg", classifier)])
+
+
+def tfidf_val_macro_f1(train: pd.DataFrame, val: pd.DataFrame, grid: list[float],
+                       class_weight: str = "balanced") -> float:
+    """How well words alone tell a domain's labels apart: the validation macro-F1 of TF-IDF + logistic
+    regression trained on ``train``, at its best C of ``grid``. Seconds for a few labels and 800 texts."""
+    return _search_c(train, val, grid, class_weight)[3]

@@ -53,13 +53,13 @@ class AdapterMeta:
         return cls(**{"bag_of_words_reads": "head_tail", **saved})  # saved without one: it counted head+tail
 
 
-def lora_settings_for(base_model: str, lora: LoraSettings, n_labels: int | None = None) -> LoraSettings:
-    """``lora`` with null target_modules / modules_to_save filled in from the base's defaults; for a domain of
-    ``n_labels`` labels, without the bag-of-words term below lora.bag_of_words_min_labels (None: every module
-    any domain may train, as a serving pool needs)."""
+def lora_settings_for(base_model: str, lora: LoraSettings, bag_of_words: bool = True) -> LoraSettings:
+    """``lora`` with null target_modules / modules_to_save filled in from the base's defaults; without the
+    bag-of-words term where ``bag_of_words`` is False (a domain's choice: training.bag_of_words). The default,
+    every module any domain may train, is what a serving pool needs."""
     spec = get_spec(base_model)
     saved = list(lora.modules_to_save if lora.modules_to_save is not None else spec.modules_to_save)
-    if n_labels is not None and n_labels < lora.bag_of_words_min_labels:
+    if not bag_of_words:
         saved = [module for module in saved if module != BAG_OF_WORDS]
     return lora.model_copy(update={
         "target_modules": list(lora.target_modules if lora.target_modules is not None else spec.lora_targets),
@@ -68,16 +68,19 @@ def lora_settings_for(base_model: str, lora: LoraSettings, n_labels: int | None 
 
 
 def build_lora_model(base_model: str, labels: list[str], lora: LoraSettings, cache_dir: str | None = None,
-                     task: str = "classify") -> PeftModel:
+                     task: str = "classify", bag_of_words: bool | None = None) -> PeftModel:
     """The base (as the kind doing ``task`` builds it for ``labels``) with a fresh LoRA adapter; only the adapter
-    trains."""
+    trains. ``bag_of_words``: whether the bag-of-words term trains, as training chose it for the domain
+    (training.bag_of_words); None = by the label count alone (lora.bag_of_words_min_labels)."""
     kind = kind_of(base_model, task)
     base = kind.load_base(get_spec(base_model), labels, cache_dir, dropout=lora.base_dropout)
     layers = lora.layers_to_transform
     if layers and max(layers) >= base.config.num_hidden_layers:  # peft would skip a layer it lacks, silently
         raise ConfigError(f"lora.layers_to_transform {layers}: {base_model} has layers "
                           f"0-{base.config.num_hidden_layers - 1}")
-    return get_peft_model(base, kind.lora_config(lora_settings_for(base_model, lora, len(labels))))
+    if bag_of_words is None:
+        bag_of_words = len(labels) >= lora.bag_of_words_min_labels
+    return get_peft_model(base, kind.lora_config(lora_settings_for(base_model, lora, bag_of_words)))
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

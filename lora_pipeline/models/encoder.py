@@ -118,7 +118,8 @@ def _masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Te
 # regression on TF-IDF gives a telling word (a few units of logit). 100 won on talk and lost elsewhere, with the
 # branch losses (on 7 domains of 8) and without (README, Held-out).
 BAG_OF_WORDS_SCALE = 30.0
-# lora.bag_of_words_fit: logistic: the regularisation strengths (C) tried: the TF-IDF baseline's default grid
+# The regularisation strengths (C) tried by lora.bag_of_words_fit: logistic and by the TF-IDF + LR that decides
+# whether a domain of few labels gets the term (training/bag_of_words.py): the TF-IDF baseline's default grid
 # (eval.tfidf_c_grid), copied, not read from it: evaluation settings are not part of what training is keyed by.
 BAG_OF_WORDS_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 

@@ -55,6 +55,7 @@ DOMAIN_RUN_PREFIX = "domain_run/"  # + domain_dirname(domain), on a parent run -
 REGISTERED_MODEL = "registered_model"
 REGISTERED_VERSION = "registered_version"
 TRAINED_ON = "trained_on"
+BAG_OF_WORDS_REASON = "bag_of_words"  # a domain run: whether its encoder trained the bag-of-words term, and why
 RUN_BY = "run_by"  # host:pid of the process that opened the run: a later run marks it KILLED if that is gone
 FAILED_DOMAINS = "failed_domains"
 

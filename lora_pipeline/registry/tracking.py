@@ -140,11 +140,11 @@ def finish_parent_run(run_id: str, failed_domains: list[str], domain_runs: dict[
     client.set_terminated(run_id, "FAILED" if failed_domains else "FINISHED")
 
 
-def _flat_params(cfg: PipelineConfig, n_labels: int) -> dict[str, object]:
+def _flat_params(cfg: PipelineConfig, bag_of_words: bool) -> dict[str, object]:
     """The config sections that made an adapter, with the LoRA modules the config left to the base (null)
-    filled in as its domain of ``n_labels`` labels trained them, so a version's params say which layers
-    it adapted."""
-    cfg = cfg.model_copy(update={"lora": lora_settings_for(cfg.base.name, cfg.lora, n_labels)})
+    filled in as its domain trained them (``bag_of_words``: with the term or without), so a version's params
+    say which layers and modules it adapted."""
+    cfg = cfg.model_copy(update={"lora": lora_settings_for(cfg.base.name, cfg.lora, bag_of_words)})
     sections = cfg.model_dump(mode="json", include={"base", "lora", "train", "split", "promotion"}
                               | ({"generation"} if cfg.task == "generate" else set()))
     flat = {f"{section}.{key}": value for section, values in sections.items() for key, value in values.items()}
@@ -173,8 +173,11 @@ def domain_metrics(trained: TrainedAdapter, evaluation: DomainEvaluation, splits
         truncated_share=trained.truncated_share,
         epochs_run=trained.epochs_run,
         class_weighted=float(trained.class_weights is not None),
+        bag_of_words_term=float(trained.bag_of_words),
         **trained.fitted,
     )
+    if trained.bag_of_words_tfidf_val_f1 is not None:  # what decided the term, below bag_of_words_min_labels
+        metrics["bag_of_words_tfidf_val_macro_f1"] = trained.bag_of_words_tfidf_val_f1
     if math.isnan(trained.best_val_macro_f1):  # a generation adapter: chosen by validation loss
         del metrics["best_val_macro_f1"]
     if splits.available:  # the row cap: what the user would pay to train on every row
@@ -191,7 +194,9 @@ def log_domain_run(cfg: PipelineConfig, parent_run_id: str, splits: DomainSplits
     experiment_id = setup_tracking(cfg)
     with mlflow.start_run(experiment_id=experiment_id, run_name=splits.domain, parent_run_id=parent_run_id,
                           nested=True, tags=provenance) as run:
-        mlflow.log_params({**_flat_params(cfg, len(splits.labels)), **provenance})
+        mlflow.log_params({**_flat_params(cfg, trained.bag_of_words), **provenance})
+        if trained.bag_of_words_reason:
+            mlflow.set_tag(schema.BAG_OF_WORDS_REASON, trained.bag_of_words_reason)
         mlflow.log_metrics(domain_metrics(trained, evaluation, splits))
         mlflow.log_artifacts(evaluation.artifacts_dir, artifact_path="evaluation")
         # Hashes of the texts this adapter learned from: a later version's comparison leaves them out.

@@ -38,6 +38,7 @@ from lora_pipeline.models.text_length import ChosenLength, length_for
 from lora_pipeline.ops.compute_slots import MODEL_WORK, TRAINING
 from lora_pipeline.ops.console import log_details_to
 from lora_pipeline.ops.isolation import call_in_child_process
+from lora_pipeline.training.bag_of_words import choose_bag_of_words
 
 # One training at a time per process, from seeding to the last step. Two HF Trainers in two threads share
 # accelerate's global AcceleratorState (one's reset was seen to crash the other: "'AcceleratorState' object has
@@ -69,6 +70,9 @@ class TrainedAdapter:
     train_rows: int = 0  # rows trained on, of
     train_rows_available: int = 0  # the rows the domain's train split had before split.max_train_rows
     fitted: dict[str, float] = field(default_factory=dict)  # chosen from the data before training (bag_of_words_c)
+    bag_of_words: bool = False  # whether the adapter has the bag-of-words term (training/bag_of_words.py), and why:
+    bag_of_words_reason: str = ""
+    bag_of_words_tfidf_val_f1: float | None = None  # the signal that decided it below lora.bag_of_words_min_labels
 
 
 class ProgressLine(TrainerCallback):
@@ -270,13 +274,15 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         torch.set_num_threads(inputs.train.torch_threads)
     kind = kind_of(inputs.base.name, inputs.task)
 
-    # --- setup: the data decides the sequence length and the class weights
+    # --- setup: the data decides the sequence length, the class weights and whether the bag-of-words term trains
     tokenizer = load_tokenizer(inputs.base.name, inputs.base.cache_dir)
     length = resolve_max_length(tokenizer, splits, inputs.base)
     weights = class_weights_for(splits, inputs.train) if kind.classifies else None
+    term = choose_bag_of_words(inputs.base.name, inputs.lora, splits)
     with _TRAIN_LOCK:
         set_seed(inputs.train.seed)
-        model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir, inputs.task)
+        model = build_lora_model(inputs.base.name, splits.labels, inputs.lora, inputs.base.cache_dir, inputs.task,
+                                 bag_of_words=term.trained)
 
         # --- train
         trainer, train_seconds, fitted = _fit(model, kind, splits, inputs, output_dir, inputs.train.learning_rate,
@@ -315,6 +321,9 @@ def train_adapter(splits: DomainSplits, inputs: TrainingInputs, output_dir: str 
         precision=inputs.compute.precision,
         device=inputs.compute.device,
         fitted=fitted,
+        bag_of_words=term.trained,
+        bag_of_words_reason=term.reason,
+        bag_of_words_tfidf_val_f1=term.tfidf_val_macro_f1,
     )
 
 
