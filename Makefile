@@ -39,7 +39,7 @@ test: install data
 # Benchmarks (never timed asserts): the default pipeline, step costs and serving, each in fp32 and in the
 # precision runtime.precision picks here, plus a full fine-tune, in one run -> benchmarks/results/latest.json
 # + report.md + quality.png (~25 min on 2 CPU cores); then the default config on the held-out datasets ->
-# benchmarks/results/heldout.json + heldout.md (~30 min); then how strong the TF-IDF baseline is, untuned vs
+# benchmarks/results/heldout.json + heldout.md (~85 min); then how strong the TF-IDF baseline is, untuned vs
 # tuned -> benchmarks/results/classical.json + .md (~15 min).
 bench: install data
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -233,7 +233,8 @@ class BertClassifier(BertForSequenceClassification):
     identity of the words. On forum posts and news TF-IDF beat the LoRA adapter where topic words decide the
     label (README, Held-out). It starts at zero and is fitted (or trained: lora.bag_of_words_fit) only where
     ``bag_of_words`` is in the domain's lora.modules_to_save (by default: a domain of at least
-    lora.bag_of_words_min_labels labels); otherwise it stays zero and the model is plain BERT's classifier. Its
+    lora.bag_of_words_min_labels labels, or of fewer whose words tell its labels apart: training/bag_of_words.py);
+    otherwise it stays zero and the model is plain BERT's classifier. Its
     own loss (with ``labels``): :func:`classifier_loss` unweighted, without branch losses; in the Trainer the
     kind's ``loss_function`` replaces it."""
 
