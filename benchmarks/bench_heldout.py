@@ -79,6 +79,9 @@ def collect_domains(client, versions: list[tuple[str, str, str, str]]) -> dict[s
             "latency_p50_ms": m["latency_p50_ms"], "base_model": version.tags.get("base_model", ""),
             "adapter_size_bytes": int(m["adapter_size_bytes"]), "trainable_params": int(m["trainable_params"]),
             "class_weighted": bool(m["class_weighted"]),
+            # whether the domain trained the bag-of-words term, and the TF-IDF signal that decided it (2-3 labels)
+            "bag_of_words_term": bool(m.get("bag_of_words_term", 0)),
+            "bag_of_words_tfidf_val_macro_f1": m.get("bag_of_words_tfidf_val_macro_f1"),
             "tfidf_C": m.get("tfidf_C"),  # what the validation split picked (absent before 2026-12-06: C=1)
             "alias": alias, "reason": version.tags.get("promotion_reason", ""),
         }

@@ -119,6 +119,7 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
     from lora_pipeline.models.bases import check_lengths, get_spec, load_tokenizer
     from lora_pipeline.models.compute import autocast, compute_for, training_attention
     from lora_pipeline.models.encoder import BagOfWords
+    from lora_pipeline.training.bag_of_words import choose_bag_of_words
     from lora_pipeline.training.trainer import resolve_max_length
 
     if cfg.train.torch_threads:
@@ -141,7 +142,8 @@ def measure_step(cfg: PipelineConfig, splits, method: str, steps: int, warmup: i
 
     set_seed(cfg.train.seed)
     if method == "lora":
-        model = build_lora_model(cfg.base.name, splits.labels, cfg.lora, cfg.base.cache_dir)
+        model = build_lora_model(cfg.base.name, splits.labels, cfg.lora, cfg.base.cache_dir,
+                                 bag_of_words=choose_bag_of_words(cfg.base.name, cfg.lora, splits).trained)
     else:
         model = kind_of(cfg.base.name).load_base(get_spec(cfg.base.name), splits.labels, cfg.base.cache_dir,
                                                  dropout=cfg.lora.base_dropout)

@@ -202,8 +202,8 @@ class LoraSettings(_Section):
     bag_of_words_min_labels: int = Field(
         4, ge=0, description="A domain with fewer labels trains without the bag-of-words term even where "
         "modules_to_save has it. Measured (README, Held-out): the term lifted topic domains of 4-20 labels "
-        "(forum posts, departments, exam subjects) and cost 2-3-label sentiment domains (VADER movie's 5 % "
-        "neutral class, nyt, IMDB). 0 = every domain. A domain with fewer labels may still get the term: "
+        "(forum posts, departments, exam subjects, star ratings) and cost 2-3-label sentiment snippets (VADER "
+        "movie's 5 % neutral class, nyt) and drug reviews. 0 = every domain. A domain with fewer labels may still get the term: "
         "lora.bag_of_words_min_tfidf_f1.")
     bag_of_words_min_tfidf_f1: float | None = Field(
         0.85, ge=0, le=1, description="A domain of fewer than lora.bag_of_words_min_labels labels trains the "

@@ -25,7 +25,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The code that builds an adapter (all subpackages' .py files), and what evaluation adds to it. Not the
 # config module (the values it gives are hashed through the input groups), registry, serving or reporting:
 # editing the API or a report must not retrain every domain.
-ADAPTER_CODE = ("data", "models", "training", "evaluation/metrics.py")  # metrics: the epoch choice
+# metrics: the epoch choice; classical: the TF-IDF + LR that decides whether a domain trains the bag-of-words term
+ADAPTER_CODE = ("data", "models", "training", "evaluation/metrics.py", "evaluation/classical.py")
 EVALUATION_CODE = ("data", "models", "training", "evaluation")
 
 

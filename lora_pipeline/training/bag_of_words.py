@@ -38,6 +38,8 @@ def choose_bag_of_words(base_model: str, lora: LoraSettings, splits: DomainSplit
     lora.bag_of_words_min_tfidf_f1 on validation."""
     if BAG_OF_WORDS not in lora_settings_for(base_model, lora).modules_to_save:  # causal bases: never
         return BagOfWordsChoice(False, "not in lora.modules_to_save")
+    if not splits.labels:  # task: generate (only a config that forces the module gets here)
+        return BagOfWordsChoice(False, "no labels (task: generate)")
     n_labels = len(splits.labels)
     if n_labels >= lora.bag_of_words_min_labels:
         return BagOfWordsChoice(True, f"{n_labels} labels >= lora.bag_of_words_min_labels "
