@@ -33,32 +33,33 @@ def macro_f1_scorer():
     return make_scorer(_macro_f1)
 
 
-def _search_c(train: pd.DataFrame, val: pd.DataFrame, grid: list[float],
-              class_weight: str) -> tuple[TfidfVectorizer, LogisticRegression, float, float]:
-    """The vectoriser fitted on ``train``; the classifier; the C of ``grid`` with the best validation macro-F1
-    (ties: the smallest C, the strongest prior); and that macro-F1."""
+def _unfitted(train: pd.DataFrame, class_weight: str) -> tuple[TfidfVectorizer, sp.csr_matrix, LogisticRegression]:
+    """The vectoriser fitted on ``train`` (word 1-2 grams, sublinear tf), ``train`` vectorised, and the classifier
+    to fit on it."""
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train["text"])
     classifier = LogisticRegression(max_iter=2000, class_weight=None if class_weight == "none" else class_weight)
-    # The vocabulary is the train split's either way, so it is fitted once and only C is searched:
-    # one fold, train -> val (PredefinedSplit: -1 = always train), no refit on train + val.
-    x = sp.vstack([vectorizer.transform(train["text"]), vectorizer.transform(val["text"])])
+    return vectorizer, vectorizer.transform(train["text"]), classifier
+
+
+def _best_c(vectorizer: TfidfVectorizer, x_train: sp.csr_matrix, classifier: LogisticRegression,
+            train: pd.DataFrame, val: pd.DataFrame, grid: list[float]) -> tuple[float, float]:
+    """The C of ``grid`` with the best validation macro-F1 (ties: the smallest C, the strongest prior), and
+    that macro-F1. The vocabulary is the train split's either way, so it is fitted once and only C is searched:
+    one fold, train -> val (PredefinedSplit: -1 = always train), no refit on train + val."""
+    x = sp.vstack([x_train, vectorizer.transform(val["text"])])
     y = pd.concat([train["label"], val["label"]])
     fold = PredefinedSplit([-1] * len(train) + [0] * len(val))
     search = GridSearchCV(classifier, {"C": sorted(set(grid))}, scoring=macro_f1_scorer(),
                           cv=fold, refit=False, error_score="raise").fit(x, y)
-    return vectorizer, classifier, float(search.best_params_["C"]), float(search.best_score_)
+    return float(search.best_params_["C"]), float(search.best_score_)
 
 
 def fit_tfidf(train: pd.DataFrame, val: pd.DataFrame, cfg: EvalConfig) -> Pipeline:
     """TF-IDF + logistic regression fitted on ``train``, with C (``cfg.tfidf_c_grid``) chosen on ``val``."""
+    vectorizer, x_train, classifier = _unfitted(train, cfg.tfidf_class_weight)
     grid = sorted(set(cfg.tfidf_c_grid))
-    if len(grid) > 1:
-        vectorizer, classifier, c, _ = _search_c(train, val, grid, cfg.tfidf_class_weight)
-    else:  # nothing to choose: no validation pass
-        vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train["text"])
-        weights = None if cfg.tfidf_class_weight == "none" else cfg.tfidf_class_weight
-        classifier, c = LogisticRegression(max_iter=2000, class_weight=weights), grid[0]
-    classifier.set_params(C=c).fit(vectorizer.transform(train["text"]), train["label"])
+    c = _best_c(vectorizer, x_train, classifier, train, val, grid)[0] if len(grid) > 1 else grid[0]
+    classifier.set_params(C=c).fit(x_train, train["label"])
     return Pipeline([("tfidf", vectorizer), ("logreg", classifier)])
 
 
@@ -66,4 +67,5 @@ def tfidf_val_macro_f1(train: pd.DataFrame, val: pd.DataFrame, grid: list[float]
                        class_weight: str = "balanced") -> float:
     """How well words alone tell a domain's labels apart: the validation macro-F1 of TF-IDF + logistic
     regression trained on ``train``, at its best C of ``grid``. Seconds for a few labels and 800 texts."""
-    return _search_c(train, val, grid, class_weight)[3]
+    vectorizer, x_train, classifier = _unfitted(train, class_weight)
+    return _best_c(vectorizer, x_train, classifier, train, val, grid)[1]
